@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ConcurrencyConfig(AppConfig):
+    name = "concurrency"
+    verbose_name = "Concurrency"

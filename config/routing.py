@@ -1,0 +1,3 @@
+"""Websocket routes. The live consumers (ws/executions/{id}/, ws/dashboard/) join here."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,297 @@
+"""Runs and everything that changes while they go.
+
+Statuses of wave tasks change in one place only: `executions.services.transition()`,
+which writes the new status, its `task_status_audit` row and its event-log row in one
+transaction. Nothing else assigns `WaveTask.status` and saves.
+"""
+
+from django.db import models
+
+from waves.models import Task, TaskList
+
+
+class TaskStatus(models.TextChoices):
+    PENDING = "pending", "Pending"  # waiting for its dependencies
+    QUEUED = "queued", "Queued"  # ready, waiting for a free slot
+    WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+    LOST = "lost", "Lost"  # its executor or worker vanished mid-run
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.SKIPPED, cls.CANCELLED, cls.LOST})
+
+    @classmethod
+    def rerun_on_resume(cls) -> frozenset[str]:
+        """Everything but success is tried again by a resume."""
+        return frozenset(
+            {cls.FAILED, cls.SKIPPED, cls.CANCELLED, cls.LOST, cls.PENDING, cls.QUEUED, cls.RUNNING}
+        )
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED})
+
+
+class WaveStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class AgentStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    LOST = "lost", "Lost"
+
+
+class SessionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class Backend(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    CELERY = "celery", "Celery workers"
+
+
+class ConcurrentExecutionSession(models.Model):
+    """Runs that overlap in time share a session (seed 000 §4)."""
+
+    started_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=SessionStatus.choices, default=SessionStatus.ACTIVE)
+    execution_count = models.PositiveIntegerField(default=0)
+    total_wave_count = models.PositiveIntegerField(default=0)
+    total_task_count = models.PositiveIntegerField(default=0)
+    total_agent_count = models.PositiveIntegerField(default=0)
+    # Exact peaks, kept with F() arithmetic by executions.services (any number of executors).
+    running_agents = models.IntegerField(default=0)
+    running_tasks = models.IntegerField(default=0)
+    peak_concurrent_agents = models.PositiveIntegerField(default=0)
+    peak_concurrent_tasks = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "concurrent_execution_sessions"
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["status"], name="idx_session_status")]
+
+    def __str__(self):
+        return f"Session {self.pk} ({self.started_at:%Y-%m-%d %H:%M})"
+
+
+class ExecutionRun(models.Model):
+    task_list = models.ForeignKey(TaskList, on_delete=models.PROTECT, related_name="runs")
+    session = models.ForeignKey(
+        ConcurrentExecutionSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.PENDING)
+    backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.LOCAL)
+    max_parallelism = models.PositiveIntegerField(default=4)
+    schedule = models.CharField(max_length=20, default="critical_path")  # or "fifo"
+    simulate_scale = models.FloatField(null=True, blank=True)
+    resumed_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumptions"
+    )
+    attempt = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    wall_seconds = models.FloatField(null=True, blank=True)
+    task_seconds = models.FloatField(null=True, blank=True)
+    peak_concurrency = models.PositiveIntegerField(default=0)
+    # The executor that owns the run: where it is and when it last said it was alive.
+    executor_hostname = models.CharField(max_length=255, blank=True)
+    executor_pid = models.PositiveIntegerField(null=True, blank=True)
+    executor_heartbeat = models.DateTimeField(null=True, blank=True)
+    # Cancel from anywhere: the owning executor polls these and acts within a second.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.CharField(max_length=150, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "task_list_execution_runs"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["session"], name="idx_execution_session"),
+            models.Index(fields=["task_list", "-id"], name="idx_execution_task_list"),
+            models.Index(fields=["status"], name="idx_execution_status"),
+        ]
+
+    def __str__(self):
+        return f"Run {self.pk} of {self.task_list.title}" if self.task_list_id else f"Run {self.pk}"
+
+
+class ParallelExecutionWave(models.Model):
+    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="waves")
+    wave_number = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=WaveStatus.choices, default=WaveStatus.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    max_parallelism = models.PositiveIntegerField(default=4)
+
+    class Meta:
+        db_table = "parallel_execution_waves"
+        ordering = ["execution_id", "wave_number"]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "wave_number"], name="wave_number_unique_in_run"),
+        ]
+        indexes = [models.Index(fields=["started_at"], name="idx_wave_started_at")]
+
+    def __str__(self):
+        return f"Wave {self.wave_number} of run {self.execution_id}"
+
+
+class WaveTask(models.Model):
+    """A task in a run. A for_each step has one per item (key `step[i]`) under a parent row."""
+
+    wave = models.ForeignKey(ParallelExecutionWave, on_delete=models.CASCADE, related_name="wave_tasks")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="wave_tasks")
+    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="wave_tasks")
+    key = models.CharField(max_length=220)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="instances"
+    )
+    item_index = models.PositiveIntegerField(null=True, blank=True)
+    item = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=TaskStatus.choices, default=TaskStatus.PENDING)
+    attempt = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    outputs = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # An approval given before the executor reached the gate, or carried over by a resume.
+    approval_decision = models.CharField(max_length=10, blank=True)  # "", "approved" or "rejected"
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        db_table = "wave_tasks"
+        ordering = ["execution_id", "wave_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "key"], name="wave_task_key_unique_in_run"),
+        ]
+        indexes = [
+            models.Index(fields=["execution", "status"], name="idx_wave_task_status"),
+            models.Index(fields=["task", "status"], name="idx_wave_task_task_status"),
+        ]
+
+    def __str__(self):
+        return f"{self.key} (run {self.execution_id})"
+
+
+class BuildAgentInstance(models.Model):
+    """One agent per task attempt: the process (or worker) that ran it."""
+
+    instance_id = models.CharField(max_length=64, unique=True)
+    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="agents")
+    wave = models.ForeignKey(ParallelExecutionWave, on_delete=models.CASCADE, related_name="agents")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="agents")
+    wave_task = models.ForeignKey(WaveTask, on_delete=models.CASCADE, related_name="agents")
+    attempt = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=20, choices=AgentStatus.choices, default=AgentStatus.RUNNING)
+    started_at = models.DateTimeField()
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "build_agent_instances"
+        ordering = ["-started_at"]
+        indexes = [
+            # v_active_agents and the stale-agent sweep filter on status.
+            models.Index(fields=["status", "started_at"], name="idx_agent_status_started"),
+            models.Index(fields=["execution", "status"], name="idx_agent_execution_status"),
+        ]
+
+    def __str__(self):
+        return self.instance_id
+
+
+class TaskStatusAudit(models.Model):
+    """One row per status change of a task in a run (seed 004 §15). Replaying a task's rows
+    in id order reproduces its history."""
+
+    wave_task = models.ForeignKey(WaveTask, on_delete=models.CASCADE, related_name="audit")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="audit")
+    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="audit")
+    attempt = models.PositiveIntegerField(default=0)
+    previous_status = models.CharField(max_length=20, choices=TaskStatus.choices, null=True, blank=True)
+    new_status = models.CharField(max_length=20, choices=TaskStatus.choices)
+    changed_at = models.DateTimeField()
+    actor = models.CharField(max_length=150, null=True, blank=True)
+    reason = models.CharField(max_length=500, null=True, blank=True)
+
+    class Meta:
+        db_table = "task_status_audit"
+        ordering = ["id"]
+        indexes = [
+            # Retention (prune_audit) and time-window scans.
+            models.Index(fields=["changed_at"], name="idx_task_status_audit_changed"),
+            # A task's history, and the concurrency sweep per task.
+            models.Index(fields=["task", "changed_at"], name="idx_task_status_audit_task"),
+            # Seed 004's composite for time-range queries on one status.
+            models.Index(fields=["new_status", "changed_at", "task"], name="idx_status_time_workflow"),
+            models.Index(fields=["wave_task", "id"], name="idx_audit_wave_task"),
+        ]
+
+    def __str__(self):
+        return f"{self.wave_task_id}: {self.previous_status} -> {self.new_status}"
+
+
+class Event(models.Model):
+    """The event log: one row per live event, written in the transaction of the change it
+    reports. Its id is the cursor websocket clients resume from."""
+
+    execution = models.ForeignKey(
+        ExecutionRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    type = models.CharField(max_length=40)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "event_log"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["execution", "id"], name="idx_event_execution")]
+
+    def __str__(self):
+        return f"#{self.pk} {self.type}"
+
+
+__all__ = [
+    "AgentStatus",
+    "Backend",
+    "BuildAgentInstance",
+    "ConcurrentExecutionSession",
+    "Event",
+    "ExecutionRun",
+    "ParallelExecutionWave",
+    "RunStatus",
+    "SessionStatus",
+    "TaskStatus",
+    "TaskStatusAudit",
+    "WaveStatus",
+    "WaveTask",
+]

@@ -1,0 +1,1 @@
+"""Signal handlers of the observability app (connected in ObservabilityConfig.ready)."""
