@@ -152,7 +152,7 @@ class WaveStatistics(models.Model):
 
 
 class WaveProgress(models.Model):
-    """Read-only model over the v_wave_progress view (created by migration 0002)."""
+    """Read-only model over the v_wave_progress view (created by migration 0003)."""
 
     wave = models.OneToOneField(
         ParallelExecutionWave,
@@ -183,9 +183,12 @@ class WaveProgress(models.Model):
         ordering = ["wave_number"]
         verbose_name_plural = "wave progress"
 
+    def __str__(self):
+        return f"Wave {self.wave_number} of run {self.execution_id}"
+
 
 class ActiveAgent(models.Model):
-    """Read-only model over the v_active_agents view (created by migration 0002)."""
+    """Read-only model over the v_active_agents view (created by migration 0003)."""
 
     agent = models.OneToOneField(
         BuildAgentInstance,
@@ -211,3 +214,6 @@ class ActiveAgent(models.Model):
         managed = False
         db_table = "v_active_agents"
         ordering = ["started_at"]
+
+    def __str__(self):
+        return self.instance_id
