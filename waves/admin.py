@@ -1,0 +1,186 @@
+"""Admin for definitions: task templates, task lists, tasks and their dependencies.
+
+Task lists come from `import_tasklist` (it validates the DAG); the admin shows them and
+allows small edits of a task's fields. Links lead to a list's tasks and runs by URL name,
+so `waves` imports nothing from the apps that depend on it.
+"""
+
+from django.apps import apps
+from django.contrib import admin
+from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from waves.models import Task, TaskDependency, TaskList, TaskTemplate
+
+
+def _link(label: str, text, **filters):
+    try:
+        url = reverse(f"admin:{label}_changelist")
+    except NoReverseMatch:
+        return text
+    return format_html('<a href="{}?{}">{}</a>', url, urlencode(filters), text)
+
+
+def _count(model, fk: str):
+    rows = model.objects.filter(**{fk: OuterRef("pk")}).order_by().values(fk)
+    return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n"), output_field=IntegerField()), 0)
+
+
+@admin.register(TaskTemplate)
+class TaskTemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "max_concurrency", "tasks", "created_at")
+    search_fields = ("name", "description")
+    ordering = ("name",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(task_count=_count(Task, "template"))
+
+    @admin.display(description="tasks", ordering="task_count")
+    def tasks(self, obj):
+        return _link("waves_task", obj.task_count, template__id__exact=obj.pk)
+
+
+class TaskInline(admin.TabularInline):
+    """The tasks of a list, for reading: the DAG is edited by re-importing its file."""
+
+    model = Task
+    fk_name = "task_list"
+    fields = (
+        "position",
+        "key",
+        "title",
+        "template",
+        "kind",
+        "parallel_group",
+        "approval",
+        "estimated_minutes",
+    )
+    readonly_fields = fields
+    ordering = ("position", "id")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("template")
+
+
+class ArchivedFilter(admin.SimpleListFilter):
+    title = "archived"
+    parameter_name = "archived"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Live"), ("yes", "Archived")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("no", "yes"):
+            return queryset.filter(archived_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(TaskList)
+class TaskListAdmin(admin.ModelAdmin):
+    list_display = (
+        "title",
+        "team",
+        "source_format",
+        "max_parallelism",
+        "tasks",
+        "runs",
+        "created_at",
+        "archived_at",
+    )
+    list_filter = (ArchivedFilter, "source_format", "team")
+    list_select_related = ("team",)
+    search_fields = ("title", "description", "source_path")
+    date_hierarchy = "created_at"
+    ordering = ("title", "-id")
+    raw_id_fields = ("replaced_by",)
+    readonly_fields = ("created_at", "tasks", "runs")
+    inlines = [TaskInline]
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request).annotate(task_count=_count(Task, "task_list"))
+        # Runs live in `executions` (which depends on `waves`): counted through the app registry.
+        if apps.is_installed("executions"):
+            qs = qs.annotate(run_count=_count(apps.get_model("executions", "ExecutionRun"), "task_list"))
+        return qs
+
+    @admin.display(description="tasks", ordering="task_count")
+    def tasks(self, obj):
+        return _link("waves_task", getattr(obj, "task_count", "tasks"), task_list__id__exact=obj.pk)
+
+    @admin.display(description="runs", ordering="run_count")
+    def runs(self, obj):
+        return _link(
+            "executions_executionrun", getattr(obj, "run_count", "runs"), task_list__id__exact=obj.pk
+        )
+
+
+class DependencyInline(admin.TabularInline):
+    model = TaskDependency
+    fk_name = "task"
+    fields = ("depends_on",)
+    readonly_fields = fields
+    verbose_name = "dependency"
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("depends_on")
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = (
+        "key",
+        "task_list",
+        "display_id",
+        "title",
+        "template",
+        "kind",
+        "parallel_group",
+        "join_policy",
+        "approval",
+        "estimated_minutes",
+        "runs",
+    )
+    list_filter = ("kind", "approval", "join_policy")
+    list_select_related = ("task_list", "template")
+    search_fields = ("key", "title", "display_id", "task_list__title", "command")
+    ordering = ("task_list", "position", "id")
+    raw_id_fields = ("task_list", "parent")
+    autocomplete_fields = ("template",)
+    inlines = [DependencyInline]
+
+    @admin.display(description="in runs")
+    def runs(self, obj):
+        return _link("executions_wavetask", "wave tasks", task__id__exact=obj.pk)
+
+
+@admin.register(TaskDependency)
+class TaskDependencyAdmin(admin.ModelAdmin):
+    list_display = ("task", "depends_on", "task_list")
+    list_select_related = ("task__task_list", "depends_on")
+    search_fields = ("task__key", "depends_on__key", "task__task_list__title")
+    raw_id_fields = ("task", "depends_on")
+    ordering = ("task__task_list", "task__position", "id")
+
+    @admin.display(description="task list", ordering="task__task_list__title")
+    def task_list(self, obj):
+        return obj.task.task_list
