@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from waves.loaders import DefinitionError, load_path
+from waves.models import TaskList
 from waves.services import task_list_import
 
 
@@ -27,5 +28,5 @@ class Command(BaseCommand):
         self.stdout.write(str(tl.pk))
         self.stdout.write(
             f"Imported '{tl.title}' ({definition.format}, {count} tasks, max_parallelism {tl.max_parallelism})"
-            + (" replacing the previous version" if replace and tl.pk else "")
+            + (" replacing the previous version" if TaskList.objects.filter(replaced_by=tl).exists() else "")
         )
