@@ -87,6 +87,7 @@ def database_from_url(name: str, url: str, base_dir: Path) -> dict:
 
 
 def sqlite_database(path: Path) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),

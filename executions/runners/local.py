@@ -1,0 +1,265 @@
+"""Local processes: each attempt is `sh -c COMMAND` in its own session and process group.
+
+One thread does everything: a selector waits on every running attempt's stdout and
+stderr, lines are cut as they arrive, exits are reaped without blocking, deadlines
+(timeouts, kill grace periods) are checked on every poll. A timeout or a cancel sends
+SIGTERM to the whole group, then SIGKILL after a grace period. A watchdog process
+(executions/watchdog.py) kills the groups if the executor itself dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+from executions.runners.base import Finished, LaunchSpec, Output, Started
+
+KILL_GRACE_SECONDS = 2.0
+# After the shell exits, how long its pipes may stay open (a background child holding
+# them) before the rest of its group is killed.
+PIPE_LINGER_SECONDS = 0.5
+
+
+@dataclass
+class _Attempt:
+    spec: LaunchSpec
+    proc: subprocess.Popen
+    started: float
+    deadline: float | None
+    open_streams: int = 2
+    buffers: dict = field(default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()})
+    dropping: dict = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    exit_code: int | None = None
+    exited_at: float | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    kill_at: float | None = None
+
+
+class LocalRunner:
+    def __init__(self, *, max_line_bytes: int | None = None):
+        self.max_line_bytes = max_line_bytes or settings.TIDEWATCH["TRANSCRIPT_ENTRY_MAX_BYTES"]
+        self.hostname = socket.gethostname()
+        self.selector = selectors.DefaultSelector()
+        self.attempts: dict[str, _Attempt] = {}
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-I", str(Path(__file__).resolve().parent.parent / "watchdog.py")],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    # --- the Runner interface -------------------------------------------------------------
+
+    def launch(self, spec: LaunchSpec) -> Started:
+        spec.work_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", spec.command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=spec.env,
+            cwd=spec.env.get("TIDEWATCH_CWD") or None,
+            start_new_session=True,  # its own session and process group (pgid == pid)
+        )
+        self._tell_watchdog(f"+{proc.pid}")
+        now = time.monotonic()
+        attempt = _Attempt(spec, proc, now, now + spec.timeout_s if spec.timeout_s else None)
+        self.attempts[spec.handle] = attempt
+        for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            os.set_blocking(pipe.fileno(), False)
+            self.selector.register(pipe, selectors.EVENT_READ, (spec.handle, stream))
+        return Started(spec.handle, proc.pid, self.hostname)
+
+    def poll(self, timeout: float) -> list[Output | Finished]:
+        events: list[Output | Finished] = []
+        if self.attempts:
+            # Exited shells whose pipes linger must be looked at again soon.
+            if any(
+                a.exit_code is not None or a.kill_at or not a.open_streams for a in self.attempts.values()
+            ):
+                timeout = min(timeout, 0.005)
+            for key, _ in self.selector.select(timeout):
+                self._read(key.fileobj, *key.data, events)
+        elif timeout > 0:
+            time.sleep(timeout)
+        now = time.monotonic()
+        for handle, attempt in list(self.attempts.items()):
+            if attempt.exit_code is None:
+                code = attempt.proc.poll()
+                if code is not None:
+                    attempt.exit_code, attempt.exited_at = code, now
+            if (
+                attempt.deadline
+                and now >= attempt.deadline
+                and attempt.exit_code is None
+                and not attempt.kill_at
+            ):
+                attempt.timed_out = True
+                self._stop(attempt, now)
+            if attempt.kill_at and now >= attempt.kill_at:
+                self._killpg(attempt.proc.pid, signal.SIGKILL)
+                attempt.kill_at = None
+            if attempt.exit_code is not None:
+                if attempt.open_streams and now - attempt.exited_at > PIPE_LINGER_SECONDS:
+                    self._killpg(attempt.proc.pid, signal.SIGKILL)
+                    for pipe, stream in ((attempt.proc.stdout, "stdout"), (attempt.proc.stderr, "stderr")):
+                        if not pipe.closed:
+                            self._close_stream(pipe, handle, stream, events)
+                if not attempt.open_streams:
+                    events.append(self._finish(handle, attempt))
+        return events
+
+    def terminate(self, handle: str) -> None:
+        attempt = self.attempts.get(handle)
+        if attempt and not attempt.cancelled:
+            attempt.cancelled = True
+            self._stop(attempt, time.monotonic())
+
+    def terminate_all(self) -> None:
+        for handle in list(self.attempts):
+            self.terminate(handle)
+
+    def close(self) -> None:
+        for attempt in self.attempts.values():
+            self._killpg(attempt.proc.pid, signal.SIGKILL)
+        self.selector.close()
+        if self.watchdog.stdin:
+            self.watchdog.stdin.close()  # EOF: the watchdog exits
+        try:
+            self.watchdog.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.watchdog.kill()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _read(self, pipe, handle: str, stream: str, events: list) -> None:
+        attempt = self.attempts[handle]
+        try:
+            data = os.read(pipe.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._close_stream(pipe, handle, stream, events)
+            return
+        buf = attempt.buffers[stream]
+        buf += data
+        while True:
+            newline = buf.find(b"\n")
+            if newline < 0:
+                break
+            self._emit(attempt, stream, bytes(buf[:newline]), events)
+            del buf[: newline + 1]
+        if len(buf) > self.max_line_bytes:
+            # A line longer than the cap: keep its start, count the rest until its newline.
+            if not attempt.dropping[stream]:
+                events.append(Output(handle, stream, buf[: self.max_line_bytes].decode("utf-8", "replace")))
+                attempt.dropping[stream] = len(buf) - self.max_line_bytes
+            else:
+                attempt.dropping[stream] += len(buf)
+            buf.clear()
+
+    def _emit(self, attempt: _Attempt, stream: str, line: bytes, events: list) -> None:
+        handle = attempt.spec.handle
+        dropped = attempt.dropping[stream]
+        if dropped:
+            attempt.dropping[stream] = 0
+            total = self.max_line_bytes + dropped + len(line)
+            events.append(
+                Output(
+                    handle, stream, f"[truncated: line of {total} bytes, first {self.max_line_bytes} kept]"
+                )
+            )
+            return
+        if len(line) > self.max_line_bytes:
+            text = line[: self.max_line_bytes].decode("utf-8", "replace")
+            events.append(Output(handle, stream, text))
+            events.append(
+                Output(
+                    handle,
+                    stream,
+                    f"[truncated: line of {len(line)} bytes, first {self.max_line_bytes} kept]",
+                )
+            )
+            return
+        events.append(Output(handle, stream, line.decode("utf-8", "replace").rstrip("\r")))
+
+    def _close_stream(self, pipe, handle: str, stream: str, events: list) -> None:
+        attempt = self.attempts[handle]
+        rest = bytes(attempt.buffers[stream])
+        if rest or attempt.dropping[stream]:
+            self._emit(attempt, stream, rest, events)
+        attempt.buffers[stream].clear()
+        self.selector.unregister(pipe)
+        pipe.close()
+        attempt.open_streams -= 1
+
+    def _finish(self, handle: str, attempt: _Attempt) -> Finished:
+        del self.attempts[handle]
+        # Anything the task left running in its group ends with it.
+        self._killpg(attempt.proc.pid, signal.SIGKILL)
+        self._tell_watchdog(f"-{attempt.proc.pid}")
+        outputs, output_error = _read_outputs(Path(attempt.spec.env["TIDEWATCH_OUTPUT"]))
+        events = _read_lines(Path(attempt.spec.env["TIDEWATCH_EVENTS"]))
+        return Finished(
+            handle,
+            attempt.exit_code,
+            timed_out=attempt.timed_out,
+            cancelled=attempt.cancelled,
+            outputs=outputs,
+            output_error=output_error,
+            events=events,
+        )
+
+    def _stop(self, attempt: _Attempt, now: float) -> None:
+        self._killpg(attempt.proc.pid, signal.SIGTERM)
+        attempt.kill_at = now + KILL_GRACE_SECONDS
+
+    @staticmethod
+    def _killpg(pgid: int, sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _tell_watchdog(self, line: str) -> None:
+        try:
+            self.watchdog.stdin.write(f"{line}\n".encode())
+            self.watchdog.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+
+def _read_outputs(path: Path) -> tuple[dict | None, str | None]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read $TIDEWATCH_OUTPUT: {exc}"
+    if not raw.strip():
+        return None, None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return None, f"$TIDEWATCH_OUTPUT is not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"$TIDEWATCH_OUTPUT must hold a JSON object, not {type(value).__name__}"
+    return value, None
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in fh if line.strip()]
+    except FileNotFoundError:
+        return []
