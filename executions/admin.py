@@ -105,6 +105,8 @@ def changelist_url(label: str, **filters) -> str:
 
 
 def changelist_link(label: str, text, **filters):
+    if None in filters.values():  # an object not saved yet (the add page)
+        return "-"
     url = changelist_url(label, **filters)
     return format_html('<a href="{}">{}</a>', url, text) if url else text
 

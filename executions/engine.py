@@ -316,7 +316,7 @@ class Engine:
         services.session_count(session.pk, waves=len(self.waves), tasks=len(self.nodes))
         try:
             with transaction.atomic():
-                for key, node in self.nodes.items():
+                for node in list(self.nodes.values()):
                     if node.wt.status in (S.PENDING, S.QUEUED, S.WAITING_APPROVAL) and not node.parent:
                         if all(self._outcome(d) is not None for d in node.deps):
                             self._decide(node)

@@ -17,6 +17,8 @@ from waves.models import Task, TaskDependency, TaskList, TaskTemplate
 
 
 def _link(label: str, text, **filters):
+    if None in filters.values():  # an object not saved yet (the add page)
+        return "-"
     try:
         url = reverse(f"admin:{label}_changelist")
     except NoReverseMatch:

@@ -100,7 +100,7 @@ class Command(BaseCommand):
             except (Exception, SystemExit) as exc:  # one bad file never stops the demo
                 self.stderr.write(f"Examples: {path.name} not imported: {exc}")
                 continue
-            ident = last_integer(out.getvalue())
+            ident = printed_id(out.getvalue())
             imported[path.name] = ident or path.stem
             self.stdout.write(f"Examples: imported {path.name}" + (f" (task list {ident})" if ident else ""))
         return imported
@@ -144,7 +144,7 @@ class Command(BaseCommand):
         self.stdout.write("")
 
 
-def last_integer(text: str) -> str | None:
-    """The id `import_tasklist` prints: the last whole number in its output."""
-    found = re.findall(r"\b\d+\b", text)
-    return found[-1] if found else None
+def printed_id(text: str) -> str | None:
+    """The id `import_tasklist` prints: the first line that is a bare number."""
+    found = re.search(r"^\s*(\d+)\s*$", text, re.MULTILINE)
+    return found.group(1) if found else None
