@@ -1,0 +1,296 @@
+from datetime import timedelta
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from executions import services
+from executions.admin import EstimatedCountPaginator
+from executions.models import (
+    BuildAgentInstance,
+    ConcurrentExecutionSession,
+    Event,
+    ExecutionRun,
+    ParallelExecutionWave,
+    TaskStatus,
+    TaskStatusAudit,
+    WaveTask,
+)
+from observability.models import (
+    ActiveAgent,
+    AssertionResult,
+    SkillTrace,
+    ToolUse,
+    TranscriptEntry,
+    WaveProgress,
+    WaveStatistics,
+)
+from tests.admin_fixtures import populate
+
+pytestmark = pytest.mark.django_db
+
+OURS = {"waves", "executions", "observability"}
+MODELS = sorted((m for m in admin.site._registry if m._meta.app_label in OURS), key=lambda m: m._meta.label)
+EXPECTED = {
+    "waves.TaskTemplate",
+    "waves.TaskList",
+    "waves.Task",
+    "waves.TaskDependency",
+    "executions.ConcurrentExecutionSession",
+    "executions.ExecutionRun",
+    "executions.ParallelExecutionWave",
+    "executions.WaveTask",
+    "executions.BuildAgentInstance",
+    "executions.TaskStatusAudit",
+    "executions.Event",
+    "observability.TranscriptEntry",
+    "observability.ToolUse",
+    "observability.AssertionResult",
+    "observability.SkillTrace",
+    "observability.WaveStatistics",
+    "observability.WaveProgress",
+    "observability.ActiveAgent",
+}
+RECORDS = [
+    TaskStatusAudit,
+    Event,
+    TranscriptEntry,
+    ToolUse,
+    AssertionResult,
+    SkillTrace,
+    WaveStatistics,
+    WaveProgress,
+    ActiveAgent,
+    BuildAgentInstance,
+    ParallelExecutionWave,
+    WaveTask,
+    ExecutionRun,
+    ConcurrentExecutionSession,
+]
+
+
+@pytest.fixture
+def superuser_client(client):
+    user = User.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def url(model, view, *args):
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+def queries_for(client, path) -> int:
+    client.get(path)  # warm caches (content types, sessions) so both counts compare like with like
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(path)
+    assert response.status_code == 200, f"{path}: {response.status_code}"
+    return len(ctx.captured_queries)
+
+
+def pages(client, model) -> dict[str, int]:
+    """Query counts of the changelist and of the change page of the newest row."""
+    latest = model._default_manager.order_by("-pk").first()
+    assert latest is not None, f"no {model._meta.label} rows in the fixture"
+    counts = {
+        "changelist": queries_for(client, url(model, "changelist")),
+        "change": queries_for(client, url(model, "change", latest.pk)),
+    }
+    if admin.site._registry[model].has_add_permission(_request(client)):
+        counts["add"] = queries_for(client, url(model, "add"))
+    return counts
+
+
+def _request(client):
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.user = User.objects.get(username="root")
+    return request
+
+
+def test_every_model_is_registered():
+    assert {m._meta.label for m in MODELS} == EXPECTED
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m._meta.label)
+def test_pages_render_with_query_count_independent_of_rows(superuser_client, model):
+    populate(2)
+    small = pages(superuser_client, model)
+    before = model._default_manager.count()
+    populate(10)
+    assert model._default_manager.count() > before
+    large = pages(superuser_client, model)
+    assert large == small, f"{model._meta.label}: queries grow with rows ({small} -> {large})"
+    assert max(large.values()) <= 20
+
+
+@pytest.mark.parametrize("model", RECORDS, ids=lambda m: m._meta.label)
+def test_records_refuse_add_change_and_delete(superuser_client, model):
+    populate(1)
+    obj = model._default_manager.order_by("-pk").first()
+    assert superuser_client.get(url(model, "add")).status_code == 403
+    assert superuser_client.post(url(model, "delete", obj.pk)).status_code == 403
+    response = superuser_client.get(url(model, "change", obj.pk))
+    assert response.status_code == 200
+    assert b'name="_save"' not in response.content  # view-only: every field read-only
+    before = model._default_manager.count()
+    response = superuser_client.post(
+        url(model, "changelist"), {"action": "delete_selected", "_selected_action": [obj.pk]}
+    )
+    assert model._default_manager.count() == before
+
+
+def test_wave_links_reach_tasks_and_transcripts_in_two_clicks(superuser_client):
+    populate(2)
+    wave = ParallelExecutionWave.objects.filter(wave_number=0).first()
+    wt = WaveTask.objects.filter(wave=wave).first()
+    waves_page = superuser_client.get(url(ParallelExecutionWave, "changelist")).content.decode()
+    tasks_url = f"{url(WaveTask, 'changelist')}?wave__id__exact={wave.pk}"
+    assert tasks_url in waves_page
+    assert f"{url(TranscriptEntry, 'changelist')}?wave__id__exact={wave.pk}" in waves_page
+    assert f"{url(ToolUse, 'changelist')}?wave__id__exact={wave.pk}" in waves_page
+    assert f"{url(BuildAgentInstance, 'changelist')}?wave__id__exact={wave.pk}" in waves_page
+    tasks_page = superuser_client.get(tasks_url)
+    assert tasks_page.status_code == 200
+    assert list(tasks_page.context["cl"].result_list) == list(WaveTask.objects.filter(wave=wave).order_by("id"))
+    transcript_url = f"{url(TranscriptEntry, 'changelist')}?wave_task__id__exact={wt.pk}"
+    assert transcript_url in tasks_page.content.decode()
+    transcript = superuser_client.get(transcript_url)
+    assert transcript.status_code == 200
+    assert {e.pk for e in transcript.context["cl"].result_list} == set(
+        TranscriptEntry.objects.filter(wave_task=wt).values_list("pk", flat=True)
+    )
+
+
+def test_run_links_to_its_waves(superuser_client):
+    populate(2)
+    run = ExecutionRun.objects.order_by("-pk").first()
+    page = superuser_client.get(url(ExecutionRun, "changelist")).content.decode()
+    assert f"{url(ParallelExecutionWave, 'changelist')}?execution__id__exact={run.pk}" in page
+    change = superuser_client.get(url(ExecutionRun, "change", run.pk)).content.decode()
+    assert "Wave 0 of run" in change or "wave_number" in change
+
+
+def test_large_tables_use_the_estimated_count_paginator():
+    for model in (TranscriptEntry, ToolUse, TaskStatusAudit, Event, BuildAgentInstance):
+        model_admin = admin.site._registry[model]
+        assert model_admin.paginator is EstimatedCountPaginator
+        assert model_admin.show_full_result_count is False
+
+
+def test_estimated_count_paginator_caps_filtered_counts(monkeypatch):
+    populate(2)
+    monkeypatch.setattr(EstimatedCountPaginator, "CAP", 3)
+    assert EstimatedCountPaginator(TranscriptEntry.objects.filter(entry_type="stdout"), 100).count == 4
+    assert EstimatedCountPaginator(TranscriptEntry.objects.all()[:0].model.objects.none(), 100).count == 0
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="pg_class estimate is PostgreSQL only")
+def test_estimated_count_paginator_uses_reltuples_unfiltered(monkeypatch):
+    populate(2)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE transcript_entries")
+    monkeypatch.setattr(EstimatedCountPaginator, "CAP", 1)
+    with CaptureQueriesContext(connection) as ctx:
+        count = EstimatedCountPaginator(TranscriptEntry.objects.all(), 100).count
+    assert count == TranscriptEntry.objects.count()
+    assert "pg_class" in ctx.captured_queries[0]["sql"]
+    assert not any("COUNT(" in q["sql"].upper() for q in ctx.captured_queries)
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+def waiting_gate():
+    populate(1)
+    gate = WaveTask.objects.get(key="gate")
+    services.transition(gate, TaskStatus.WAITING_APPROVAL, reason="gate reached")
+    return gate
+
+
+def act(client, model, action, pks):
+    return client.post(
+        url(model, "changelist"), {"action": action, "_selected_action": list(pks)}, follow=True
+    )
+
+
+def messages_of(response):
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_approve_action_on_wave_tasks_moves_gate_on_with_actor(superuser_client):
+    gate = waiting_gate()
+    response = act(superuser_client, WaveTask, "approve_steps", [gate.pk])
+    gate.refresh_from_db()
+    assert gate.status == TaskStatus.QUEUED
+    assert (gate.approval_decision, gate.approved_by) == ("approved", "root")
+    last = TaskStatusAudit.objects.filter(wave_task=gate).order_by("-id").first()
+    assert (last.new_status, last.actor, last.reason) == (TaskStatus.QUEUED, "root", "approved")
+    assert any("Approved 1 step" in m for m in messages_of(response))
+
+
+def test_reject_action_on_runs_fails_waiting_gates(superuser_client):
+    gate = waiting_gate()
+    response = act(superuser_client, ExecutionRun, "reject_waiting_steps", [gate.execution_id])
+    gate.refresh_from_db()
+    assert gate.status == TaskStatus.FAILED
+    last = TaskStatusAudit.objects.filter(wave_task=gate).order_by("-id").first()
+    assert (last.new_status, last.actor, last.reason) == (TaskStatus.FAILED, "root", "rejected")
+    assert any("Rejected 1 step" in m for m in messages_of(response))
+
+
+def test_approve_action_reports_service_errors(superuser_client):
+    populate(1)
+    plain = WaveTask.objects.get(key="t0")
+    response = act(superuser_client, WaveTask, "approve_steps", [plain.pk])
+    assert any("is not an approval step" in m for m in messages_of(response))
+    assert WaveTask.objects.get(pk=plain.pk).status == TaskStatus.PENDING
+
+
+def test_approve_on_runs_without_waiting_steps_warns(superuser_client):
+    populate(1)
+    run = ExecutionRun.objects.get()
+    response = act(superuser_client, ExecutionRun, "approve_waiting_steps", [run.pk])
+    assert any("No step" in m for m in messages_of(response))
+
+
+def test_cancel_action_records_request(superuser_client):
+    populate(1)
+    run = ExecutionRun.objects.get()
+    ExecutionRun.objects.filter(pk=run.pk).update(executor_heartbeat=timezone.now())
+    response = act(superuser_client, ExecutionRun, "request_cancel", [run.pk])
+    run.refresh_from_db()
+    assert run.cancel_requested_at is not None and run.cancel_requested_by == "root"
+    assert any("cancel requested" in m for m in messages_of(response))
+
+
+def test_cancel_action_closes_an_abandoned_run_with_audited_actor(superuser_client):
+    populate(1)
+    run = ExecutionRun.objects.get()
+    long_ago = timezone.now() - timedelta(hours=1)
+    ExecutionRun.objects.filter(pk=run.pk).update(started_at=long_ago, executor_heartbeat=long_ago)
+    act(superuser_client, ExecutionRun, "request_cancel", [run.pk])
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    cancelled = TaskStatusAudit.objects.filter(execution=run, new_status=TaskStatus.CANCELLED)
+    assert cancelled.count() == WaveTask.objects.filter(execution=run).count()
+    assert set(cancelled.values_list("actor", flat=True)) == {"root"}
+
+
+def test_actions_need_the_right_to_change_runs(client):
+    gate = waiting_gate()
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    from django.contrib.auth.models import Permission
+
+    viewer.user_permissions.add(Permission.objects.get(codename="view_wavetask"))
+    client.force_login(viewer)
+    page = client.get(url(WaveTask, "changelist"))
+    assert page.status_code == 200
+    assert b"approve_steps" not in page.content
+    act(client, WaveTask, "approve_steps", [gate.pk])
+    assert WaveTask.objects.get(pk=gate.pk).status == TaskStatus.WAITING_APPROVAL
