@@ -511,7 +511,11 @@ def validate(d: Definition) -> dag.Analysis:
     try:
         analysis = dag.analyze(nodes, edges)
     except dag.CycleError as exc:
-        raise err(f"dependency cycle: {' -> '.join(exc.cycle)}", by_key[exc.cycle[0]])
+        # Start the cycle at the step written first, where a reader will look.
+        ring = exc.cycle[:-1]
+        k = min(range(len(ring)), key=lambda i: by_key[ring[i]].position)
+        ring = ring[k:] + ring[:k]
+        raise err(f"dependency cycle: {' -> '.join(ring + ring[:1])}", by_key[ring[0]])
 
     for s in d.steps:
         checks = [("when", s.condition, False)]
