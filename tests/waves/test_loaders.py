@@ -28,7 +28,13 @@ BAD = [
     ("bad.yaml", "steps:\n  - id: y\n    run: a: b\n", 3, None, "malformed YAML"),
     ("bad.json", '{"steps": [\n  {"id": "y",}\n]}', 2, None, "malformed JSON"),
     ("key.json", '{"steps": [\n  {"id": "a"},\n  {"id": "y", "when": 3}\n]}', 3, "y", "'when' must be str"),
-    ("table.pipeline", "1 | base | - | auto | - | 10 | Setup\n\n2 | base | broken\n", 3, None, "malformed line"),
+    (
+        "table.pipeline",
+        "1 | base | - | auto | - | 10 | Setup\n\n2 | base | broken\n",
+        3,
+        None,
+        "malformed line",
+    ),
     ("mode.pipeline", "# modes\n1 | base | - | fast | - | 10 | Setup\n", 2, "step-1", "mode must be one of"),
     (
         "ref.yaml",
@@ -54,13 +60,21 @@ BAD = [
         "'repeat.max_iterations' must be 1..1000",
     ),
     ("each.yaml", "steps:\n  - id: y\n    for_each: {a: 1}\n", 2, "y", "'for_each' must be a list"),
-    ("big.yaml", "steps:\n  - id: y\n    for_each: [" + "1, " * 10_001 + "]\n", 2, "y", "more than the limit"),
+    (
+        "big.yaml",
+        "steps:\n  - id: y\n    for_each: [" + "1, " * 10_001 + "]\n",
+        2,
+        "y",
+        "more than the limit",
+    ),
     ("id.yaml", "steps:\n" + GOOD_STEP + "  - id: 'a b'\n", 4, None, "bad id 'a b'"),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "line", "step", "problem"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_names_file_line_step_and_problem_and_writes_nothing(tmp_path, name, content, line, step, problem):
+def test_bad_input_names_file_line_step_and_problem_and_writes_nothing(
+    tmp_path, name, content, line, step, problem
+):
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(DefinitionError) as info:
@@ -131,7 +145,11 @@ def test_parallel_blocks_nest_and_children_inherit_block_dependencies(tmp_path):
     )
     steps = {s.key: s for s in load_path(path).steps}
     assert steps["outer"].kind == "group" and steps["outer"].join_policy == "any"
-    assert (steps["a"].parent, steps["a"].parallel_group, steps["a"].branch_name) == ("outer", "outer", "left")
+    assert (steps["a"].parent, steps["a"].parallel_group, steps["a"].branch_name) == (
+        "outer",
+        "outer",
+        "left",
+    )
     assert (steps["b"].parent, steps["b"].branch_name, steps["b"].depends_on) == ("inner", "b", ["first"])
     assert steps["inner"].depends_on == ["first"]
 
