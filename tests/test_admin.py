@@ -157,7 +157,9 @@ def test_wave_links_reach_tasks_and_transcripts_in_two_clicks(superuser_client):
     assert f"{url(BuildAgentInstance, 'changelist')}?wave__id__exact={wave.pk}" in waves_page
     tasks_page = superuser_client.get(tasks_url)
     assert tasks_page.status_code == 200
-    assert list(tasks_page.context["cl"].result_list) == list(WaveTask.objects.filter(wave=wave).order_by("id"))
+    assert list(tasks_page.context["cl"].result_list) == list(
+        WaveTask.objects.filter(wave=wave).order_by("id")
+    )
     transcript_url = f"{url(TranscriptEntry, 'changelist')}?wave_task__id__exact={wt.pk}"
     assert transcript_url in tasks_page.content.decode()
     transcript = superuser_client.get(transcript_url)
