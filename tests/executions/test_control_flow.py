@@ -1,0 +1,472 @@
+"""Control flow with real processes: `when`, `for_each`, `repeat`, approval gates and
+`cancel_run` from another process (DESIGN.md "Execution semantics"; issue 10 items 3-4).
+
+Every run is checked by replaying its audit: for each wave task, its TaskStatusAudit rows in
+id order chain from no status to the wave task's final status.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import call_command
+
+from executions.models import (
+    BuildAgentInstance,
+    ExecutionRun,
+    RunStatus,
+    TaskStatus,
+    TaskStatusAudit,
+    WaveTask,
+)
+from observability.models import TranscriptEntry
+from tests.conftest import ROOT
+
+S = TaskStatus
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def workflow(tmp_path: Path, name: str, steps: list[dict], **top) -> str:
+    """Write a workflow file (`TMP` in strings becomes tmp_path), import it, return its name."""
+
+    def fill(value):
+        if isinstance(value, str):
+            return value.replace("TMP", str(tmp_path))
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **top, "steps": fill(steps)}, sort_keys=False))
+    call_command("import_tasklist", str(path), stdout=StringIO())
+    return name
+
+
+def run_tasklist(*args) -> tuple[dict, int, ExecutionRun]:
+    """Run in-process; returns (the --json summary, exit code, the run)."""
+    buf = StringIO()
+    code = 0
+    try:
+        call_command("run_tasklist", *map(str, args), "--json", stdout=buf)
+    except SystemExit as exc:
+        code = exc.code
+    summary = json.loads(buf.getvalue().strip().splitlines()[-1])
+    run = ExecutionRun.objects.get(pk=summary["run_id"])
+    assert_audit_replays(run)
+    return summary, code, run
+
+
+def assert_audit_replays(run: ExecutionRun) -> None:
+    """Replaying each wave task's audit rows (id order) reproduces its final status."""
+    for wt in WaveTask.objects.filter(execution=run):
+        rows = list(
+            TaskStatusAudit.objects.filter(wave_task=wt)
+            .order_by("id")
+            .values_list("previous_status", "new_status")
+        )
+        assert rows, f"{wt.key}: no audit rows"
+        status = None
+        for previous, new in rows:
+            assert previous == status, f"{wt.key}: audit chain broken at {previous}->{new}: {rows}"
+            status = new
+        assert status == wt.status, f"{wt.key}: audit ends at {status}, task is {wt.status}: {rows}"
+
+
+def wts(run: ExecutionRun) -> dict[str, WaveTask]:
+    return {wt.key: wt for wt in WaveTask.objects.filter(execution=run).select_related("wave")}
+
+
+def audit(wt: WaveTask) -> list[TaskStatusAudit]:
+    return list(TaskStatusAudit.objects.filter(wave_task=wt).order_by("id"))
+
+
+def max_overlap(intervals) -> int:
+    """Most intervals open at once (an end at t comes before a start at t)."""
+    points = sorted(
+        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1])
+    )
+    best = cur = 0
+    for _, delta in points:
+        cur += delta
+        best = max(best, cur)
+    return best
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie, whoever its parent is."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def executor(child_env, *args) -> subprocess.Popen:
+    """`manage.py run_tasklist ... --json` in a child process against the test database."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_tasklist", *map(str, args), "--json"],
+        env=child_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def newest_run(name: str, exclude: int | None = None) -> ExecutionRun | None:
+    qs = ExecutionRun.objects.filter(task_list__title=name)
+    if exclude:
+        qs = qs.exclude(pk=exclude)
+    return qs.order_by("-pk").first()
+
+
+def status_of(run_id: int, key: str) -> str | None:
+    return WaveTask.objects.filter(execution_id=run_id, key=key).values_list("status", flat=True).first()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"executor did not finish:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+# --- when ------------------------------------------------------------------------------------------
+
+
+def output(obj) -> str:
+    """A shell command writing `obj` as the step's outputs."""
+    return f"echo '{json.dumps(obj)}' > \"$TIDEWATCH_OUTPUT\""
+
+
+@pytest.mark.django_db
+def test_when_false_skips_with_reason_and_dependents_follow_join_policy(tmp_path):
+    name = workflow(
+        tmp_path,
+        "when-false",
+        [
+            {"id": "check", "run": output({"count": 0})},
+            {
+                "id": "publish",
+                "depends_on": ["check"],
+                "when": "steps.check.outputs.count > 0",
+                "run": "touch TMP/published",
+            },
+            {"id": "after_all", "depends_on": ["publish"], "run": "touch TMP/after_all"},
+            {
+                "id": "after_always",
+                "depends_on": ["publish"],
+                "join_policy": "always",
+                "run": "touch TMP/after_always",
+            },
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    tasks = wts(run)
+    assert tasks["check"].status == S.SUCCEEDED
+    assert tasks["publish"].status == S.SKIPPED
+    assert audit(tasks["publish"])[-1].reason == "condition false"
+    assert not BuildAgentInstance.objects.filter(wave_task=tasks["publish"]).exists()
+    assert not (tmp_path / "published").exists()
+    assert tasks["after_all"].status == S.SKIPPED
+    assert tasks["after_always"].status == S.SUCCEEDED
+    assert (tmp_path / "after_always").exists() and not (tmp_path / "after_all").exists()
+    assert code == 0 and summary["status"] == RunStatus.SUCCEEDED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("ok", [True, False])
+def test_if_else_joined_with_any_runs_one_branch_then_the_join(tmp_path, ok):
+    name = workflow(
+        tmp_path,
+        f"if-else-{ok}",
+        [
+            {"id": "check", "run": output({"ok": ok})},
+            {
+                "id": "then",
+                "depends_on": ["check"],
+                "when": "steps.check.outputs.ok == true",
+                "run": "echo then >> TMP/branches",
+            },
+            {
+                "id": "otherwise",
+                "depends_on": ["check"],
+                "when": "steps.check.outputs.ok == false",
+                "run": "echo otherwise >> TMP/branches",
+            },
+            {
+                "id": "join",
+                "depends_on": ["then", "otherwise"],
+                "join_policy": "any",
+                "run": "echo join >> TMP/branches",
+            },
+            {"id": "join_all", "depends_on": ["then", "otherwise"], "run": "echo join_all >> TMP/branches"},
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    tasks = wts(run)
+    taken, other = ("then", "otherwise") if ok else ("otherwise", "then")
+    assert tasks[taken].status == S.SUCCEEDED
+    assert tasks[other].status == S.SKIPPED
+    assert audit(tasks[other])[-1].reason == "condition false"
+    assert tasks["join"].status == S.SUCCEEDED
+    assert tasks["join_all"].status == S.SKIPPED
+    assert (tmp_path / "branches").read_text().split() == [taken, "join"]
+    assert code == 0
+
+
+# --- for_each --------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_for_each_literal_list_instances_limits_and_ordered_outputs(tmp_path):
+    items = [0.4, 0.1, 0.3, 0.1, 0.2]
+    name = workflow(
+        tmp_path,
+        "fan-literal",
+        [
+            {
+                "id": "fan",
+                "for_each": items,
+                "max_parallelism": 2,
+                "run": 'sleep ${item}; echo "item=${item}"; echo "{\\"v\\": ${item}}" > "$TIDEWATCH_OUTPUT"',
+            },
+            {
+                "id": "collect",
+                "inputs": {"values": "${steps.fan.outputs}"},
+                "run": 'cp "$TIDEWATCH_INPUTS" "$TIDEWATCH_OUTPUT"',
+            },
+        ],
+        max_parallelism=4,
+    )
+    summary, code, run = run_tasklist(name)
+    assert code == 0, summary
+    tasks = wts(run)
+    fan = tasks["fan"]
+    instances = [tasks[f"fan[{i}]"] for i in range(len(items))]
+    assert fan.status == S.SUCCEEDED
+    assert {k for k in tasks if k.startswith("fan[")} == {f"fan[{i}]" for i in range(len(items))}
+    intervals = []
+    for i, inst in enumerate(instances):
+        assert inst.status == S.SUCCEEDED
+        assert inst.parent_id == fan.pk and inst.item_index == i and inst.item == items[i]
+        assert inst.wave_id == fan.wave_id
+        agents = list(BuildAgentInstance.objects.filter(wave_task=inst))
+        assert len(agents) == 1 and agents[0].wave_id == fan.wave_id
+        intervals.append((agents[0].started_at, agents[0].completed_at))
+        assert [a.new_status for a in audit(inst)] == [S.PENDING, S.QUEUED, S.RUNNING, S.SUCCEEDED]
+        lines = TranscriptEntry.objects.filter(wave_task=inst, entry_type="stdout").values_list(
+            "content", flat=True
+        )
+        assert list(lines) == [f"item={items[i]}"]
+    # One agent per instance (and one for collect), each with its own id.
+    agents = BuildAgentInstance.objects.filter(execution=run)
+    assert len({a.instance_id for a in agents}) == agents.count() == len(items) + 1
+    assert max_overlap(intervals) == 2
+    expected = [{"v": v} for v in items]
+    assert fan.outputs == expected
+    assert tasks["collect"].outputs == {"values": expected}
+
+
+@pytest.mark.django_db
+def test_for_each_over_upstream_output_in_item_order(tmp_path):
+    name = workflow(
+        tmp_path,
+        "fan-upstream",
+        [
+            {"id": "gen", "run": output({"regions": ["eu", "us", "ap"]})},
+            {
+                "id": "load",
+                "for_each": "${steps.gen.outputs.regions}",
+                "run": "case ${item} in eu) sleep 0.3;; us) sleep 0.1;; esac; r=$(echo ${item} | tr a-z A-Z); "
+                'echo "{\\"region\\": \\"$r\\"}" > "$TIDEWATCH_OUTPUT"',
+            },
+            {
+                "id": "report",
+                "depends_on": ["load"],
+                "inputs": {"loaded": "${steps.load.outputs}"},
+                "run": 'cp "$TIDEWATCH_INPUTS" "$TIDEWATCH_OUTPUT"; echo "$TIDEWATCH_INPUT_LOADED"',
+            },
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    assert code == 0, summary
+    tasks = wts(run)
+    assert [tasks[f"load[{i}]"].item for i in range(3)] == ["eu", "us", "ap"]
+    assert "load[3]" not in tasks
+    assert all(tasks[f"load[{i}]"].wave_id == tasks["load"].wave_id for i in range(3))
+    expected = [{"region": "EU"}, {"region": "US"}, {"region": "AP"}]
+    assert tasks["load"].outputs == expected
+    assert tasks["report"].outputs == {"loaded": expected}
+    env_line = TranscriptEntry.objects.get(wave_task=tasks["report"], entry_type="stdout").content
+    assert json.loads(env_line) == expected
+
+
+@pytest.mark.django_db
+def test_for_each_item_is_shell_quoted_never_executed(tmp_path):
+    target = tmp_path / "pwned"
+    evil = [f"$(touch {target})", f"`touch {target}`", f"x; touch {target}", "it's", "$HOME"]
+    name = workflow(tmp_path, "fan-quoting", [{"id": "fan", "for_each": evil, "run": "echo ${item}"}])
+    summary, code, run = run_tasklist(name)
+    assert code == 0, summary
+    tasks = wts(run)
+    for i, item in enumerate(evil):
+        lines = TranscriptEntry.objects.filter(wave_task=tasks[f"fan[{i}]"], entry_type="stdout")
+        assert [e.content for e in lines] == [item]
+    assert not target.exists()
+
+
+@pytest.mark.django_db
+def test_for_each_failed_instance_fails_step_and_resume_reruns_only_it(tmp_path):
+    name = workflow(
+        tmp_path,
+        "fan-resume",
+        [
+            {
+                "id": "fan",
+                "for_each": ["a", "b", "c"],
+                "run": "echo x >> TMP/runs-${item}; test ${item} != b || test -e TMP/fixed",
+            },
+            {"id": "after", "depends_on": ["fan"], "run": "true"},
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    assert code == 1 and summary["status"] == RunStatus.FAILED
+    tasks = wts(run)
+    assert [tasks[f"fan[{i}]"].status for i in range(3)] == [S.SUCCEEDED, S.FAILED, S.SUCCEEDED]
+    assert tasks["fan"].status == S.FAILED
+    assert tasks["after"].status == S.SKIPPED
+    counts = {x: len((tmp_path / f"runs-{x}").read_text().split()) for x in "abc"}
+    assert counts == {"a": 1, "b": 1, "c": 1}
+
+    (tmp_path / "fixed").touch()
+    summary2, code2, run2 = run_tasklist("--resume", run.pk)
+    assert code2 == 0, summary2
+    tasks2 = wts(run2)
+    assert all(t.status == S.SUCCEEDED for t in tasks2.values()), {k: t.status for k, t in tasks2.items()}
+    assert set(tasks2) == {"fan", "fan[0]", "fan[1]", "fan[2]", "after"}
+    counts = {x: len((tmp_path / f"runs-{x}").read_text().split()) for x in "abc"}
+    assert counts == {"a": 1, "b": 2, "c": 1}
+    # Only the failed instance (and the skipped dependent) got an agent in the resumed run.
+    relaunched = BuildAgentInstance.objects.filter(execution=run2).values_list("wave_task__key", flat=True)
+    assert sorted(relaunched) == ["after", "fan[1]"]
+    assert len(tasks2["fan"].outputs) == 3
+
+
+@pytest.mark.django_db
+def test_for_each_over_a_non_list_fails_that_step_only(tmp_path):
+    name = workflow(
+        tmp_path,
+        "fan-not-list",
+        [
+            {"id": "gen", "run": output({"regions": "eu"})},
+            {"id": "load", "for_each": "${steps.gen.outputs.regions}", "run": "echo ${item}"},
+            {"id": "after_load", "depends_on": ["load"], "run": "true"},
+            {"id": "independent", "run": "sleep 0.2; touch TMP/independent"},
+            {"id": "after_gen", "depends_on": ["gen"], "run": "true"},
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    assert code == 1 and summary["status"] == RunStatus.FAILED
+    tasks = wts(run)
+    assert tasks["load"].status == S.FAILED
+    assert "must be a list" in tasks["load"].error
+    assert not any(k.startswith("load[") for k in tasks)
+    assert tasks["after_load"].status == S.SKIPPED
+    for key in ("gen", "independent", "after_gen"):
+        assert tasks[key].status == S.SUCCEEDED, key
+    assert (tmp_path / "independent").exists()
+
+
+# --- repeat ----------------------------------------------------------------------------------------
+
+COUNTER = (
+    "n=$(cat TMP/counter 2>/dev/null || echo 0); n=$((n + 1)); echo $n > TMP/counter; "
+    'echo "{\\"n\\": $n}" > "$TIDEWATCH_OUTPUT"'
+)
+
+
+@pytest.mark.django_db
+def test_repeat_until_met_each_iteration_an_attempt_with_delay(tmp_path):
+    delay = 0.3
+    name = workflow(
+        tmp_path,
+        "repeat-met",
+        [
+            {
+                "id": "poll",
+                "repeat": {"until": "steps.poll.outputs.n >= 3", "max_iterations": 5, "delay": delay},
+                "run": COUNTER,
+            },
+            {
+                "id": "after",
+                "inputs": {"n": "${steps.poll.outputs.n}"},
+                "run": 'cp "$TIDEWATCH_INPUTS" "$TIDEWATCH_OUTPUT"',
+            },
+        ],
+    )
+    start = time.monotonic()
+    summary, code, run = run_tasklist(name)
+    wall = time.monotonic() - start
+    assert code == 0, summary
+    tasks = wts(run)
+    poll = tasks["poll"]
+    assert poll.status == S.SUCCEEDED and poll.outputs == {"n": 3} and poll.attempt == 3
+    assert (tmp_path / "counter").read_text().strip() == "3"
+    assert [a.attempt for a in audit(poll) if a.new_status == S.RUNNING] == [1, 2, 3]
+    assert BuildAgentInstance.objects.filter(wave_task=poll).count() == 3
+    assert tasks["after"].outputs == {"n": 3}
+    assert wall >= delay * 2
+    starts = sorted(BuildAgentInstance.objects.filter(wave_task=poll).values_list("started_at", flat=True))
+    assert all((b - a).total_seconds() >= delay * 0.9 for a, b in zip(starts, starts[1:], strict=False))
+
+
+@pytest.mark.django_db
+def test_repeat_until_not_met_fails_with_reason(tmp_path):
+    name = workflow(
+        tmp_path,
+        "repeat-unmet",
+        [
+            {
+                "id": "poll",
+                "repeat": {"until": "steps.poll.outputs.n >= 100", "max_iterations": 2},
+                "run": COUNTER,
+            },
+            {"id": "after", "depends_on": ["poll"], "run": "true"},
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    assert code == 1
+    tasks = wts(run)
+    poll = tasks["poll"]
+    assert poll.status == S.FAILED
+    last = audit(poll)[-1]
+    assert last.new_status == S.FAILED and "until not met" in last.reason
+    assert "until not met" in poll.error
+    assert [a.attempt for a in audit(poll) if a.new_status == S.RUNNING] == [1, 2]
+    assert (tmp_path / "counter").read_text().strip() == "2"
+    assert tasks["after"].status == S.SKIPPED
