@@ -229,6 +229,7 @@ def session_join(run: ExecutionRun, now: datetime) -> ConcurrentExecutionSession
         )
         run.session = session
         ExecutionRun.objects.filter(pk=run.pk).update(session=session)
+        _session_of_run[run.pk] = session.pk
     return session
 
 
@@ -241,22 +242,34 @@ def session_count(session_id: int, *, waves: int = 0, tasks: int = 0, agents: in
     )
 
 
+_session_of_run: dict[int, int] = {}
+
+
+def _session_id(execution_id: int) -> int | None:
+    """A run's session never changes once joined: remember it instead of asking each time."""
+    session_id = _session_of_run.get(execution_id)
+    if session_id is None:
+        session_id = ExecutionRun.objects.filter(pk=execution_id).values_list("session_id", flat=True).first()
+        if session_id:
+            _session_of_run[execution_id] = session_id
+    return session_id
+
+
 def _session_count(execution_id: int, *, tasks: int = 0, agents: int = 0) -> None:
     """Move the running counters of the run's session and keep exact peaks.
 
-    Two UPDATEs in one transaction: the first locks the row, so the peak compares with
-    the value this transaction wrote, whichever executor process runs it.
+    One UPDATE: the right-hand sides see the row as it was before this statement, under
+    the row lock, so the peak is exact whichever executor process runs it.
     """
-    session_id = ExecutionRun.objects.filter(pk=execution_id).values_list("session_id", flat=True).first()
+    session_id = _session_id(execution_id)
     if not session_id:
         return
-    qs = ConcurrentExecutionSession.objects.filter(pk=session_id)
-    qs.update(running_tasks=F("running_tasks") + tasks, running_agents=F("running_agents") + agents)
-    if tasks > 0 or agents > 0:
-        qs.update(
-            peak_concurrent_tasks=Greatest(F("peak_concurrent_tasks"), F("running_tasks")),
-            peak_concurrent_agents=Greatest(F("peak_concurrent_agents"), F("running_agents")),
-        )
+    ConcurrentExecutionSession.objects.filter(pk=session_id).update(
+        running_tasks=F("running_tasks") + tasks,
+        running_agents=F("running_agents") + agents,
+        peak_concurrent_tasks=Greatest(F("peak_concurrent_tasks"), F("running_tasks") + tasks),
+        peak_concurrent_agents=Greatest(F("peak_concurrent_agents"), F("running_agents") + agents),
+    )
 
 
 def session_leave(run: ExecutionRun, now: datetime) -> None:
@@ -339,9 +352,7 @@ def agents_start(agents: list[BuildAgentInstance], now: datetime) -> list[BuildA
             agent_changed.send(sender=BuildAgentInstance, agent=agent, created=True)
         for execution_id, count in per_run.items():
             _session_count(execution_id, agents=count)
-            session_id = (
-                ExecutionRun.objects.filter(pk=execution_id).values_list("session_id", flat=True).first()
-            )
+            session_id = _session_id(execution_id)
             if session_id:
                 session_count(session_id, agents=count)
     return created
