@@ -8,6 +8,8 @@ id order chain from no status to the wave task's final status.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,13 +114,13 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, poll: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -470,3 +472,216 @@ def test_repeat_until_not_met_fails_with_reason(tmp_path):
     assert [a.attempt for a in audit(poll) if a.new_status == S.RUNNING] == [1, 2]
     assert (tmp_path / "counter").read_text().strip() == "2"
     assert tasks["after"].status == S.SKIPPED
+
+
+# --- approval gates ----------------------------------------------------------------------------------
+
+GATED = [
+    {"id": "gate", "approval": True, "run": "echo gated >> TMP/gate"},
+    {"id": "after", "depends_on": ["gate"], "run": "touch TMP/after"},
+    {"id": "side", "run": "sleep 0.3; touch TMP/side"},
+    {"id": "side2", "depends_on": ["side"], "run": "touch TMP/side2"},
+]
+
+
+def start_gated(tmp_path, child_env, name):
+    workflow(tmp_path, name, GATED)
+    proc = executor(child_env, name)
+    run = wait_for(lambda: newest_run(name), what="the run")
+    wait_for(lambda: status_of(run.pk, "gate") == S.WAITING_APPROVAL, what="gate waiting")
+    return proc, run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approval_waits_while_other_branches_run_then_approve_step_from_another_process(
+    tmp_path, child_env, manage
+):
+    proc, run = start_gated(tmp_path, child_env, "gated-approve")
+    # The independent branch runs to the end while the gate waits.
+    wait_for(lambda: status_of(run.pk, "side2") == S.SUCCEEDED, what="side branch done")
+    assert status_of(run.pk, "gate") == S.WAITING_APPROVAL
+    assert status_of(run.pk, "after") == S.PENDING
+    assert not (tmp_path / "gate").exists()
+    time.sleep(0.3)
+    assert proc.poll() is None, "the executor keeps waiting for the approval"
+
+    result = manage("approve_step", run.pk, "gate", "--by", "alice")
+    assert result.returncode == 0, result.stderr
+    assert "approved by alice" in result.stdout
+    code, out, err = finish(proc)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["status"] == RunStatus.SUCCEEDED
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    tasks = wts(run)
+    gate = tasks["gate"]
+    assert gate.status == S.SUCCEEDED and tasks["after"].status == S.SUCCEEDED
+    assert gate.approval_decision == "approved" and gate.approved_by == "alice" and gate.approved_at
+    rows = audit(gate)
+    assert [r.new_status for r in rows] == [S.PENDING, S.WAITING_APPROVAL, S.QUEUED, S.RUNNING, S.SUCCEEDED]
+    approved = rows[2]
+    assert approved.actor == "alice" and approved.reason == "approved"
+    assert approved.previous_status == S.WAITING_APPROVAL
+    # The side branch finished before anyone approved.
+    side_done = audit(tasks["side2"])[-1].changed_at
+    assert side_done <= approved.changed_at
+    assert (tmp_path / "gate").read_text().split() == ["gated"]
+    assert_audit_replays(run)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reject_fails_the_gate_and_skips_its_dependents(tmp_path, child_env, manage):
+    proc, run = start_gated(tmp_path, child_env, "gated-reject")
+    result = manage("approve_step", run.pk, "gate", "--reject", "--by", "bob")
+    assert result.returncode == 0, result.stderr
+    code, out, err = finish(proc)
+    assert code == 1, err
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    tasks = wts(run)
+    assert tasks["gate"].status == S.FAILED
+    assert tasks["gate"].approval_decision == "rejected" and tasks["gate"].approved_by == "bob"
+    assert "rejected by bob" in tasks["gate"].error
+    last = audit(tasks["gate"])[-1]
+    assert (last.previous_status, last.new_status, last.actor, last.reason) == (
+        S.WAITING_APPROVAL,
+        S.FAILED,
+        "bob",
+        "rejected",
+    )
+    assert tasks["after"].status == S.SKIPPED
+    assert tasks["side"].status == S.SUCCEEDED and tasks["side2"].status == S.SUCCEEDED
+    assert not (tmp_path / "gate").exists() and not (tmp_path / "after").exists()
+    assert not BuildAgentInstance.objects.filter(wave_task=tasks["gate"]).exists()
+    assert_audit_replays(run)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approve_step_refuses_non_gate_and_unknown_steps(tmp_path, manage):
+    from executions.engine import run_create
+    from waves.models import TaskList
+
+    workflow(tmp_path, "gated-errors", GATED)
+    run = run_create(TaskList.objects.get(title="gated-errors"))
+    not_gate = manage("approve_step", run.pk, "side", "--by", "alice")
+    assert not_gate.returncode != 0
+    assert "not an approval step" in not_gate.stderr and "'side'" in not_gate.stderr
+    unknown = manage("approve_step", run.pk, "nope", "--by", "alice")
+    assert unknown.returncode != 0
+    assert "has no step 'nope'" in unknown.stderr
+    no_run = manage("approve_step", 999999, "gate")
+    assert no_run.returncode != 0 and "does not exist" in no_run.stderr
+    # Nothing was recorded by the refusals.
+    assert not WaveTask.objects.filter(execution=run).exclude(approval_decision="").exists()
+    assert TaskStatusAudit.objects.filter(execution=run).exclude(new_status=S.PENDING).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_killed_executor_leaves_gate_waiting_and_resume_keeps_waiting(tmp_path, child_env, manage):
+    proc, run = start_gated(tmp_path, child_env, "gated-killed")
+    wait_for(lambda: status_of(run.pk, "side2") == S.SUCCEEDED, what="side branch done")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    proc.stderr.close()
+    time.sleep(0.3)
+    assert status_of(run.pk, "gate") == S.WAITING_APPROVAL
+
+    resumed = executor(child_env, "--resume", run.pk)
+    run2 = wait_for(lambda: newest_run("gated-killed", exclude=run.pk), what="the resumed run")
+    wait_for(lambda: status_of(run2.pk, "gate") == S.WAITING_APPROVAL, what="gate waiting again")
+    # The old run's gate still waits; succeeded steps are carried over, not re-run.
+    assert status_of(run.pk, "gate") == S.WAITING_APPROVAL
+    time.sleep(0.4)
+    assert resumed.poll() is None
+    assert not (tmp_path / "gate").exists()
+
+    result = manage("approve_step", run2.pk, "gate", "--by", "alice")
+    assert result.returncode == 0, result.stderr
+    code, out, err = finish(resumed)
+    assert code == 0, err
+    run2.refresh_from_db()
+    assert run2.status == RunStatus.SUCCEEDED and run2.resumed_from_id == run.pk
+    tasks = wts(run2)
+    assert all(t.status == S.SUCCEEDED for t in tasks.values())
+    assert sorted(
+        BuildAgentInstance.objects.filter(execution=run2).values_list("wave_task__key", flat=True)
+    ) == [
+        "after",
+        "gate",
+    ]
+    approved = [r for r in audit(tasks["gate"]) if r.reason == "approved"]
+    assert len(approved) == 1 and approved[0].actor == "alice"
+    run.refresh_from_db()
+    assert run.status in RunStatus.terminal()
+    assert_audit_replays(run)
+    assert_audit_replays(run2)
+
+
+# --- cancel from another process ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_run_from_another_process_stops_everything(tmp_path, child_env, manage):
+    pids = tmp_path / "pids"
+    name = workflow(
+        tmp_path,
+        "cancel-me",
+        [
+            {"id": "long", "run": f'sleep 30 & echo "$$ $!" > {pids}.tmp; mv {pids}.tmp {pids}; wait'},
+            {"id": "long2", "run": "sleep 30"},
+            {"id": "later", "depends_on": ["long"], "run": "touch TMP/later"},
+            {"id": "quick", "run": "true"},
+        ],
+    )
+    proc = executor(child_env, name)
+    run = wait_for(lambda: newest_run(name), what="the run")
+    wait_for(pids.exists, what="the pids file")
+    wait_for(lambda: status_of(run.pk, "long2") == S.RUNNING, what="long2 running")
+    shell_pid, child_pid = map(int, pids.read_text().split())
+    assert pid_alive(shell_pid) and pid_alive(child_pid)
+
+    # cancel_run in its own process; the clock starts when its request is recorded (a child
+    # Django process can take seconds to start on a loaded machine).
+    canceller = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "cancel_run", str(run.pk), "--by", "carol"],
+        env=child_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: ExecutionRun.objects.filter(pk=run.pk, cancel_requested_at__isnull=False).exists(),
+        timeout=60,
+        poll=0.01,
+        what="the cancel request",
+    )
+    requested = time.monotonic()
+    c_code, c_out, c_err = finish(canceller)
+    took = time.monotonic() - requested
+    assert c_code == 0, c_err
+    assert f"run {run.pk} cancelled" in c_out
+    assert took < 3.0, f"cancel_run took {took:.2f}s after its request"
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert run.cancel_requested_by == "carol"
+    assert (run.completed_at - run.cancel_requested_at).total_seconds() < 1.5
+    wait_for(lambda: not pid_alive(shell_pid) and not pid_alive(child_pid), timeout=1.0, what="pids gone")
+
+    code, out, err = finish(proc)
+    assert code == 1, err
+    tasks = wts(run)
+    assert tasks["quick"].status == S.SUCCEEDED
+    for key in ("long", "long2", "later"):
+        assert tasks[key].status == S.CANCELLED, (key, tasks[key].status)
+        assert tasks[key].completed_at is not None
+    assert not BuildAgentInstance.objects.filter(wave_task=tasks["later"]).exists()
+    assert not BuildAgentInstance.objects.filter(execution=run, status="running").exists()
+    assert not (tmp_path / "later").exists()
+    last = audit(tasks["long"])[-1]
+    assert last.actor == "carol" and "cancel" in last.reason
+    # Recorded within about a second of the request.
+    cancelled_at = max(audit(tasks[k])[-1].changed_at for k in ("long", "long2", "later"))
+    assert (cancelled_at - run.cancel_requested_at).total_seconds() < 1.5
+    assert_audit_replays(run)
