@@ -23,10 +23,22 @@ def demo(*args) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def test_admin_gets_the_password_from_the_environment_and_reruns_are_idempotent(monkeypatch):
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def no_examples(tmp_path):
+    """Arguments that point tidewatch_demo at an empty examples directory (admin tests only)."""
+    (tmp_path / "no-examples").mkdir()
+    return ["--examples", str(tmp_path / "no-examples")]
+
+
+def test_admin_gets_the_password_from_the_environment_and_reruns_are_idempotent(monkeypatch, no_examples):
     monkeypatch.setenv("TIDEWATCH_ADMIN_PASSWORD", "correct-horse-battery")
-    first, _ = demo()
-    second, _ = demo()
+    first, _ = demo(*no_examples)
+    second, _ = demo(*no_examples)
 
     users = get_user_model().objects.filter(username="admin")
     assert users.count() == 1
@@ -37,22 +49,22 @@ def test_admin_gets_the_password_from_the_environment_and_reruns_are_idempotent(
     assert "http://127.0.0.1:8000/admin/" in first
 
 
-def test_changing_the_environment_password_updates_the_admin(monkeypatch):
+def test_changing_the_environment_password_updates_the_admin(monkeypatch, no_examples):
     monkeypatch.setenv("TIDEWATCH_ADMIN_PASSWORD", "first-password-1")
-    demo()
+    demo(*no_examples)
     monkeypatch.setenv("TIDEWATCH_ADMIN_PASSWORD", "second-password-2")
-    demo()
+    demo(*no_examples)
     assert get_user_model().objects.get(username="admin").check_password("second-password-2")
 
 
-def test_a_generated_password_is_printed_once_and_kept(monkeypatch):
+def test_a_generated_password_is_printed_once_and_kept(monkeypatch, no_examples):
     monkeypatch.delenv("TIDEWATCH_ADMIN_PASSWORD", raising=False)
-    first, _ = demo()
+    first, _ = demo(*no_examples)
     password = next(line.split()[1] for line in first.splitlines() if line.strip().startswith("password:"))
     assert "shown only once" in first
     assert get_user_model().objects.get(username="admin").check_password(password)
 
-    second, _ = demo()
+    second, _ = demo(*no_examples)
     assert password not in second
     assert "unchanged" in second
     assert get_user_model().objects.get(username="admin").check_password(password)
