@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from executions.models import (
     BuildAgentInstance,
@@ -239,6 +239,39 @@ def test_if_else_joined_with_any_runs_one_branch_then_the_join(tmp_path, ok):
     assert tasks["join_all"].status == S.SKIPPED
     assert (tmp_path / "branches").read_text().split() == [taken, "join"]
     assert code == 0
+
+
+@pytest.mark.django_db
+def test_when_false_on_a_gate_and_a_for_each_skips_without_waiting_or_expanding(tmp_path):
+    name = workflow(
+        tmp_path,
+        "when-constructs",
+        [
+            {"id": "check", "run": output({"go": False, "items": [1, 2]})},
+            {
+                "id": "gate",
+                "depends_on": ["check"],
+                "when": "steps.check.outputs.go",
+                "approval": True,
+                "run": "true",
+            },
+            {
+                "id": "fan",
+                "when": "steps.check.outputs.go",
+                "for_each": "${steps.check.outputs.items}",
+                "run": "echo ${item}",
+            },
+            {"id": "after_fan", "depends_on": ["fan"], "join_policy": "always", "run": "true"},
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    assert code == 0, summary
+    tasks = wts(run)
+    assert set(tasks) == {"check", "gate", "fan", "after_fan"}
+    for key in ("gate", "fan"):
+        assert [(a.new_status, a.reason) for a in audit(tasks[key])][-1] == (S.SKIPPED, "condition false")
+        assert S.WAITING_APPROVAL not in [a.new_status for a in audit(tasks[key])]
+    assert tasks["after_fan"].status == S.SUCCEEDED
 
 
 # --- for_each --------------------------------------------------------------------------------------
@@ -566,11 +599,12 @@ def test_approve_step_refuses_non_gate_and_unknown_steps(tmp_path, manage):
     not_gate = manage("approve_step", run.pk, "side", "--by", "alice")
     assert not_gate.returncode != 0
     assert "not an approval step" in not_gate.stderr and "'side'" in not_gate.stderr
-    unknown = manage("approve_step", run.pk, "nope", "--by", "alice")
-    assert unknown.returncode != 0
-    assert "has no step 'nope'" in unknown.stderr
-    no_run = manage("approve_step", 999999, "gate")
-    assert no_run.returncode != 0 and "does not exist" in no_run.stderr
+    with pytest.raises(CommandError, match="has no step 'nope'") as unknown:
+        call_command("approve_step", run.pk, "nope", "--by", "alice", stdout=StringIO())
+    assert unknown.value.returncode != 0
+    with pytest.raises(CommandError, match="run 999999 does not exist") as no_run:
+        call_command("approve_step", 999999, "gate", stdout=StringIO())
+    assert no_run.value.returncode != 0
     # Nothing was recorded by the refusals.
     assert not WaveTask.objects.filter(execution=run).exclude(approval_decision="").exists()
     assert TaskStatusAudit.objects.filter(execution=run).exclude(new_status=S.PENDING).count() == 0

@@ -441,6 +441,7 @@ def test_kill_9_of_the_executor_leaves_no_orphan_and_resume_completes(tmp_path, 
     run = ExecutionRun.objects.get(task_list__title=name)
     # Kill once the attempt is on record (under load the task can write its pids first).
     wait_for(lambda: BuildAgentInstance.objects.filter(execution=run, task__key="long").exists())
+    wait_for(lambda: WaveTask.objects.filter(execution=run, key="quick", status=S.SUCCEEDED).exists())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     wait_for(lambda: not any(alive(p) for p in task_pids), timeout=10)

@@ -19,7 +19,7 @@ from tests.observability.builders import AT, agent_for, captured, event
 pytestmark = pytest.mark.django_db
 
 S = TaskStatus
-COMPARED = [f for f in services.STATISTICS_FIELDS] + ["execution"]
+COMPARED = [*services.STATISTICS_FIELDS, "execution"]
 
 
 def tasks(run) -> dict[str, WaveTask]:
