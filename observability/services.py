@@ -91,30 +91,21 @@ def records_write(execution_id: int, records: Sequence[Captured]) -> dict[str, i
         }
         counts = deltas[(record.wave_id, links["execution_id"])] if record.wave_id else Counter()
 
-        def transcript(entry_type: str, content: str, record=record, links=links, counts=counts):
-            transcripts.append(
-                TranscriptEntry(
-                    **links,
-                    wave_number=record.wave_number,
-                    instance_id=record.instance_id or "",
-                    sequence=record.sequence,
-                    entry_type=entry_type,
-                    content=_text(content),
-                    created_at=record.at,
-                )
-            )
-            counts["transcript_entry_count"] += 1
-
         if record.kind != "event":
             kind = record.kind if record.kind in TRANSCRIPT_KINDS else TranscriptEntry.EntryType.SYSTEM
-            transcript(kind, record.text)
+            transcripts.append(_transcript(record, links, kind, record.text))
+            counts["transcript_entry_count"] += 1
             continue
 
         event = parse_event_line(record.text)
-        if isinstance(event, InvalidEvent):
-            transcript(TranscriptEntry.EntryType.INVALID_EVENT, event.content)
-        elif isinstance(event, MessageEvent):
-            transcript(TranscriptEntry.EntryType.MESSAGE, event.content)
+        if isinstance(event, InvalidEvent | MessageEvent):
+            entry_type = (
+                TranscriptEntry.EntryType.INVALID_EVENT
+                if isinstance(event, InvalidEvent)
+                else TranscriptEntry.EntryType.MESSAGE
+            )
+            transcripts.append(_transcript(record, links, entry_type, event.content))
+            counts["transcript_entry_count"] += 1
         elif isinstance(event, ToolUseEvent):
             start, end, duration = event.timing(record.at)
             tool_uses.append(
@@ -171,6 +162,18 @@ def records_write(execution_id: int, records: Sequence[Captured]) -> dict[str, i
         "assertion_results": len(assertions),
         "skill_traces": len(skills),
     }
+
+
+def _transcript(record: Captured, links: dict, entry_type: str, content: str) -> TranscriptEntry:
+    return TranscriptEntry(
+        **links,
+        wave_number=record.wave_number,
+        instance_id=record.instance_id or "",
+        sequence=record.sequence,
+        entry_type=entry_type,
+        content=_text(content),
+        created_at=record.at,
+    )
 
 
 def _text(value: str) -> str:
