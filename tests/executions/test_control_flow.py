@@ -437,6 +437,35 @@ def test_for_each_over_a_non_list_fails_that_step_only(tmp_path):
     assert (tmp_path / "independent").exists()
 
 
+@pytest.mark.django_db
+def test_for_each_join_any_tolerates_a_failed_instance_and_empty_list_succeeds(tmp_path):
+    name = workflow(
+        tmp_path,
+        "fan-any",
+        [
+            {
+                "id": "fan",
+                "for_each": [1, 2, 3],
+                "join_policy": "any",
+                "run": f"test ${{item}} != 2 && {output({'ok': True})}",
+            },
+            {"id": "none", "for_each": [], "run": "echo never"},
+            {
+                "id": "after",
+                "inputs": {"fan": "${steps.fan.outputs}", "none": "${steps.none.outputs}"},
+                "run": 'cp "$TIDEWATCH_INPUTS" "$TIDEWATCH_OUTPUT"',
+            },
+        ],
+    )
+    summary, code, run = run_tasklist(name)
+    tasks = wts(run)
+    assert [tasks[f"fan[{i}]"].status for i in range(3)] == [S.SUCCEEDED, S.FAILED, S.SUCCEEDED]
+    assert tasks["fan"].status == S.SUCCEEDED
+    assert tasks["none"].status == S.SUCCEEDED and tasks["none"].outputs == []
+    assert tasks["after"].status == S.SUCCEEDED
+    assert tasks["after"].outputs == {"fan": [{"ok": True}, None, {"ok": True}], "none": []}
+
+
 # --- repeat ----------------------------------------------------------------------------------------
 
 COUNTER = (
