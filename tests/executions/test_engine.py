@@ -488,8 +488,12 @@ def test_sigterm_cancels_the_run_and_its_process_groups(tmp_path, child_env):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_executors_share_a_session_with_exact_peaks(tmp_path, child_env):
+    # Every task waits until all six exist, so the true peak is six whatever the load.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    wait_all = f"touch {barrier}/$TIDEWATCH_RUN_ID-$TIDEWATCH_STEP; until [ $(ls {barrier} | wc -l) -ge 6 ]; do sleep 0.05; done; sleep 0.3"
     for name in ("left", "right"):
-        importing(tmp_path, name, [{"id": f"s{i}", "run": "sleep 0.6"} for i in range(3)], max_parallelism=3)
+        importing(tmp_path, name, [{"id": f"s{i}", "run": wait_all} for i in range(3)], max_parallelism=3)
     procs = [spawn_executor(child_env, name) for name in ("left", "right")]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
