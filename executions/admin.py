@@ -417,6 +417,21 @@ class AuditInline(ReadOnlyInline):
     ordering = ("id",)
 
 
+class ApprovalFilter(admin.SimpleListFilter):
+    title = "approval"
+    parameter_name = "approval"
+
+    def lookups(self, request, model_admin):
+        return [("waiting", "Waiting"), ("approved", "Approved"), ("rejected", "Rejected")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "waiting":
+            return queryset.filter(status=TaskStatus.WAITING_APPROVAL)
+        if self.value() in ("approved", "rejected"):
+            return queryset.filter(approval_decision=self.value())
+        return queryset
+
+
 @admin.register(WaveTask)
 class WaveTaskAdmin(DecidePermission, ReadOnlyAdmin):
     list_display = (
@@ -434,8 +449,9 @@ class WaveTaskAdmin(DecidePermission, ReadOnlyAdmin):
         "transcript",
         "agents_link",
     )
-    list_filter = ("status", "approval_decision")
+    list_filter = ("status", ApprovalFilter)
     list_select_related = ("wave", "task")
+    show_full_result_count = False
     search_fields = ("key", "task__title", "task__display_id", "=execution__id")
     ordering = ("-execution_id", "wave__wave_number", "id")
     inlines = [AuditInline]

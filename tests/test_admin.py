@@ -299,3 +299,9 @@ def test_actions_need_the_right_to_change_runs(client):
     assert b"approve_steps" not in page.content
     act(client, WaveTask, "approve_steps", [gate.pk])
     assert WaveTask.objects.get(pk=gate.pk).status == TaskStatus.WAITING_APPROVAL
+
+
+def test_approval_filter_lists_waiting_steps(superuser_client):
+    gate = waiting_gate()
+    page = superuser_client.get(url(WaveTask, "changelist") + "?approval=waiting")
+    assert list(page.context["cl"].result_list) == [gate]
