@@ -671,6 +671,11 @@ class Engine:
         now = timezone.now()
         fields.setdefault("completed_at", now)
         services.transition(node.wt, status, reason=reason, actor=actor, now=now, **fields)
+        self._settled(node, now)
+
+    def _settled(self, node: Node, now) -> None:
+        """Wake whatever waited on a step whose final status is recorded."""
+        status = node.wt.status
         self.waiting.pop(node.wt.pk, None)
         if node.parent:
             self._fanout_settle(self.nodes[node.parent])
@@ -796,20 +801,8 @@ class Engine:
                 self._system(node, f"approved by {by}")
                 self._decide(node)
             elif status in TERMINAL:
-                # Rejected (or closed elsewhere): the transition is already recorded; propagate.
-                node.wt.status = S.WAITING_APPROVAL
-                self._settle_recorded(node, status)
-
-    def _settle_recorded(self, node: Node, status: str) -> None:
-        node.wt.status = status
-        self.steps_ctx[node.wt.key] = {"outputs": node.wt.outputs, "status": status}
-        self._wake(node.wt.key)
-        if node.task.parent_id:
-            self._group_settle(node.groups[0], wake=True)
-        state = self.waves[node.wt.wave_id]
-        state.done += 1
-        if state.done == len(state.keys):
-            self._wave_completed(state, timezone.now())
+                # Rejected (or closed elsewhere): the change is recorded already; propagate it.
+                self._settled(node, timezone.now())
 
     def _cancel(self, by: str) -> None:
         """Stop launching, stop what runs, cancel what has not started."""
