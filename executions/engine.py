@@ -216,6 +216,10 @@ class Engine:
         self.cancelled_by: str | None = None
         self.seq = itertools.count(1)
         self.captured: list[Captured] = []
+        # Work of one turn of the loop, recorded together by _flush_batches().
+        self.to_queue: list[Node] = []
+        self.succeeded: list[Node] = []
+        self.agents_done: list[tuple] = []
         self.ready: list = []
         self.delayed: list[Node] = []
         self.waiting: dict[int, Node] = {}  # wave task pk -> gate waiting for approval
@@ -320,6 +324,7 @@ class Engine:
                     if node.wt.status in (S.PENDING, S.QUEUED, S.WAITING_APPROVAL) and not node.parent:
                         if all(self._outcome(d) is not None for d in node.deps):
                             self._decide(node)
+                self._flush_batches()
                 self._flush()
             while self._unfinished():
                 self._dispatch()
@@ -331,7 +336,9 @@ class Engine:
                             self._output(event)
                         else:
                             self._finished(event)
+                    self._flush_batches()  # before _tick: a cancel must see every success
                     self._tick()
+                    self._flush_batches()
                     self._flush()
                 if self.progress:
                     self.progress(self)
@@ -394,9 +401,36 @@ class Engine:
         self._queue(node)
 
     def _queue(self, node: Node, reason: str | None = None) -> None:
-        if node.wt.status != S.QUEUED:
-            services.transition(node.wt, S.QUEUED, reason=reason)
+        """Make a step ready. Without a reason it joins this turn's batch (one transition
+        for all of them, see _flush_batches); a retry is recorded at once with its reason."""
+        if reason is None:
+            self.to_queue.append(node)
+            return
+        services.transition(node.wt, S.QUEUED, reason=reason)
         heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
+
+    def _flush_batches(self) -> None:
+        """Record this turn's closed agents and successes, then queue what became ready."""
+        if self.agents_done:
+            services.agents_finish(self.agents_done, timezone.now())
+            self.agents_done = []
+        if self.succeeded:
+            now = timezone.now()
+            nodes, self.succeeded = self.succeeded, []
+            services.transition(
+                [n.wt for n in nodes],
+                S.SUCCEEDED,
+                now=now,
+                error="",
+                own_fields=["outputs", "exit_code", "completed_at"],
+            )
+            for node in nodes:
+                self._settled(node, now)
+        if self.to_queue:
+            nodes, self.to_queue = self.to_queue, []
+            services.transition([n.wt for n in nodes if n.wt.status != S.QUEUED], S.QUEUED)
+            for node in nodes:
+                heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
 
     def _expand(self, node: Node) -> None:
         """for_each: one instance per item, in the step's wave, created at run time."""
@@ -527,19 +561,23 @@ class Engine:
                 )
             )
             started.append((node, start))
-        for agent, (node, start) in zip(services.agents_start(agents, now), started, strict=True):
+        batches: dict[tuple[str, int], list[WaveTask]] = defaultdict(list)
+        for agent, (node, _) in zip(services.agents_start(agents, now), started, strict=True):
             node.agent = agent
             label = f"iteration {node.iteration}, " if node.task.repeat else ""
+            batches[(f"{label}attempt {node.wt.attempt}", node.wt.attempt)].append(node.wt)
+        for (reason, attempt), wave_tasks in batches.items():
             services.transition(
-                node.wt,
+                wave_tasks,
                 S.RUNNING,
                 now=now,
-                reason=f"{label}attempt {node.wt.attempt}",
+                reason=reason,
                 started_at=now,
-                attempt=node.wt.attempt,
+                attempt=attempt,
                 completed_at=None,
                 exit_code=None,
             )
+        for node, start in started:
             self._wave_started(node, now)
             self._system(node, f"attempt {node.wt.attempt} started: pid {start.pid} on {start.hostname}")
         self.peak = max(self.peak, len(self.by_handle))
@@ -617,7 +655,7 @@ class Engine:
             error = event.output_error
         if not event.cancelled or event.exit_code == 0:
             status = AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
-        services.agent_finish(node.agent, status, now, exit_code=event.exit_code)
+        self.agents_done.append((node.agent, status, event.exit_code))
         self._system(
             node, f"attempt {node.wt.attempt} {'failed: ' + error if error else status} after {seconds:.2f}s"
         )
@@ -660,7 +698,8 @@ class Engine:
                 )
                 self.delayed.append(node)
                 return
-        self._settle(node, S.SUCCEEDED, reason=None, outputs=outputs, error="", **fields)
+        node.wt.outputs, node.wt.exit_code, node.wt.completed_at = outputs, event.exit_code, now
+        self.succeeded.append(node)
 
     # --- settling and propagation --------------------------------------------------------------
 
@@ -811,6 +850,7 @@ class Engine:
         self.runner.terminate_all()
         self.ready.clear()
         self.delayed.clear()
+        self.to_queue.clear()
         pending = [
             n
             for n in self.nodes.values()

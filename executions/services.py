@@ -132,14 +132,18 @@ def transition(
     actor: str | None = None,
     reason: str | None = None,
     now: datetime | None = None,
+    own_fields: Iterable[str] = (),
     **fields,
 ) -> list[WaveTask]:
     """Move wave tasks to `new_status`, setting `fields` too, and record each change.
 
+    `own_fields` names fields each wave task carries its own value of (already set on the
+    objects, e.g. `outputs`): they are written with one bulk UPDATE for the batch.
     The current status is read under lock inside the transaction: a task whose status is
     not in `allowed_from` (when given) is left alone, so two processes racing on one task
     never both win. Returns the wave tasks that changed, updated in memory.
     """
+    own_fields = list(own_fields)
     items = [wave_tasks] if isinstance(wave_tasks, WaveTask) else list(wave_tasks)
     if not items:
         return []
@@ -160,11 +164,14 @@ def transition(
             changes.append((by_pk[pk], status))
         if not changes:
             return []
-        WaveTask.objects.filter(pk__in=[wt.pk for wt, _ in changes]).update(status=new_status, **fields)
         for wt, _ in changes:
             wt.status = new_status
             for name, value in fields.items():
                 setattr(wt, name, value)
+        if own_fields:
+            WaveTask.objects.bulk_update([wt for wt, _ in changes], ["status", *fields, *own_fields])
+        else:
+            WaveTask.objects.filter(pk__in=[wt.pk for wt, _ in changes]).update(status=new_status, **fields)
         _record(changes, actor, reason, now)
     return [wt for wt, _ in changes]
 
@@ -362,17 +369,43 @@ def agent_finish(
     agent: BuildAgentInstance, status: str, now: datetime, *, exit_code: int | None = None
 ) -> bool:
     """Close a running agent. Returns False when it was already closed (e.g. marked lost)."""
+    return bool(agents_finish([(agent, status, exit_code)], now))
+
+
+def agents_finish(items: list[tuple[BuildAgentInstance, str, int | None]], now: datetime) -> list:
+    """Close running agents (agent, status, exit code) in one UPDATE; returns those closed.
+    An agent already closed elsewhere (e.g. marked lost) is left as it is."""
+    if not items:
+        return []
     with transaction.atomic(savepoint=False):
-        updated = BuildAgentInstance.objects.filter(pk=agent.pk, status=AgentStatus.RUNNING).update(
-            status=status, completed_at=now, exit_code=exit_code, last_heartbeat=now
+        running = set(
+            BuildAgentInstance.objects.select_for_update()
+            .filter(pk__in=[a.pk for a, _, _ in items], status=AgentStatus.RUNNING)
+            .values_list("pk", flat=True)
         )
-        if not updated:
-            return False
-        agent.status, agent.completed_at, agent.exit_code = status, now, exit_code
-        events_write([_agent_event(agent)], now)
-        _session_count(agent.execution_id, agents=-1)
-        agent_changed.send(sender=BuildAgentInstance, agent=agent, created=False)
-    return True
+        closed = []
+        for agent, status, exit_code in items:
+            if agent.pk in running:
+                agent.status, agent.completed_at, agent.exit_code, agent.last_heartbeat = (
+                    status,
+                    now,
+                    exit_code,
+                    now,
+                )
+                closed.append(agent)
+        if not closed:
+            return []
+        BuildAgentInstance.objects.bulk_update(
+            closed, ["status", "completed_at", "exit_code", "last_heartbeat"]
+        )
+        events_write([_agent_event(a) for a in closed], now)
+        per_run: dict[int, int] = defaultdict(int)
+        for agent in closed:
+            per_run[agent.execution_id] += 1
+            agent_changed.send(sender=BuildAgentInstance, agent=agent, created=False)
+        for execution_id, count in per_run.items():
+            _session_count(execution_id, agents=-count)
+    return closed
 
 
 def agents_heartbeat(agent_ids: Iterable[int], run: ExecutionRun, now: datetime) -> None:

@@ -410,12 +410,15 @@ def spawn_executor(child_env, *args) -> subprocess.Popen:
     )
 
 
-def wait_for(predicate, timeout=20.0, interval=0.05):
+def wait_for(predicate, timeout=60.0, interval=0.05, proc: subprocess.Popen | None = None):
+    """Poll until predicate() is true; fail early, with its stderr, if `proc` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"executor exited {proc.returncode}: {proc.stderr.read()}")
         time.sleep(interval)
     raise AssertionError("condition not met in time")
 
@@ -436,7 +439,7 @@ def test_kill_9_of_the_executor_leaves_no_orphan_and_resume_completes(tmp_path, 
         ],
     )
     proc = spawn_executor(child_env, name)
-    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, proc=proc)
     task_pids = [int(p) for p in pids.read_text().split()]
     run = ExecutionRun.objects.get(task_list__title=name)
     # Kill once the attempt is on record (under load the task can write its pids first).
@@ -472,7 +475,7 @@ def test_sigterm_cancels_the_run_and_its_process_groups(tmp_path, child_env):
         ],
     )
     proc = spawn_executor(child_env, name)
-    wait_for(lambda: pids.exists() and pids.read_text().strip())
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), proc=proc)
     child = int(pids.read_text())
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=15)
