@@ -217,7 +217,7 @@ class Engine:
         self.seq = itertools.count(1)
         self.captured: list[Captured] = []
         # Work of one turn of the loop, recorded together by _flush_batches().
-        self.to_queue: list[Node] = []
+        self.to_queue: dict[str, Node] = {}  # insertion-ordered; a step wakes once
         self.succeeded: list[Node] = []
         self.agents_done: list[tuple] = []
         self.ready: list = []
@@ -404,7 +404,8 @@ class Engine:
         """Make a step ready. Without a reason it joins this turn's batch (one transition
         for all of them, see _flush_batches); a retry is recorded at once with its reason."""
         if reason is None:
-            self.to_queue.append(node)
+            if node.wt.key not in self.to_queue:
+                self.to_queue[node.wt.key] = node
             return
         services.transition(node.wt, S.QUEUED, reason=reason)
         heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
@@ -427,7 +428,7 @@ class Engine:
             for node in nodes:
                 self._settled(node, now)
         if self.to_queue:
-            nodes, self.to_queue = self.to_queue, []
+            nodes, self.to_queue = list(self.to_queue.values()), {}
             services.transition([n.wt for n in nodes if n.wt.status != S.QUEUED], S.QUEUED)
             for node in nodes:
                 heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
@@ -503,7 +504,7 @@ class Engine:
         while self.ready and len(launch) < free:
             entry = heapq.heappop(self.ready)
             node = self.nodes[entry[2]]
-            if node.wt.status != S.QUEUED:
+            if node.wt.status != S.QUEUED or node in launch:
                 continue
             if self._limited(node):
                 blocked.append(entry)
@@ -731,7 +732,11 @@ class Engine:
     def _wake(self, key: str) -> None:
         for dep_key in self.dependents.get(key, ()):
             node = self.nodes[dep_key]
-            if node.wt.status == S.PENDING and all(self._outcome(d) is not None for d in node.deps):
+            if (
+                node.wt.status == S.PENDING
+                and dep_key not in self.to_queue
+                and all(self._outcome(d) is not None for d in node.deps)
+            ):
                 self._decide(node)
 
     def _group_settle(self, key: str, wake: bool = False) -> None:

@@ -67,6 +67,8 @@ def assert_audit_replays(run: ExecutionRun) -> None:
             assert row.new_status != row.previous_status, f"{wt.key}: duplicate {row.new_status}"
             status = row.new_status
         assert status == wt.status, f"{wt.key}: audit replays to {status}, row says {wt.status}"
+    attempts = list(BuildAgentInstance.objects.filter(execution=run).values_list("wave_task_id", "attempt"))
+    assert len(attempts) == len(set(attempts)), "an attempt was launched twice"
 
 
 def overlap_peak(agents) -> int:
@@ -246,6 +248,7 @@ def test_waves_agents_and_transcripts_are_recorded(tmp_path):
     assert ("a", "stdout", "out-a", waves[0].pk) in got
     assert ("a", "stderr", "err-a", waves[0].pk) in got
     assert ("c", "stdout", "out-c", waves[1].pk) in got
+    assert_audit_replays(run)  # c waits on a and b, which may finish in one batch: one launch
     sequences = list(TranscriptEntry.objects.filter(execution=run).values_list("sequence", flat=True))
     assert len(sequences) == len(set(sequences))
 
