@@ -326,10 +326,10 @@ class Engine:
                             self._decide(node)
                 self._flush_batches()
                 self._flush()
+            events = []
             while self._unfinished():
-                self._dispatch()
-                timeout = 0.05 if self.by_handle or self.delayed or self.waiting else 0.2
-                events = self.runner.poll(timeout)
+                # One transaction per turn: what came back, what it made ready, and the
+                # launches that follow, committed together.
                 with transaction.atomic():
                     for event in events:
                         if isinstance(event, Output):
@@ -339,7 +339,10 @@ class Engine:
                     self._flush_batches()  # before _tick: a cancel must see every success
                     self._tick()
                     self._flush_batches()
+                    self._dispatch()
                     self._flush()
+                timeout = 0.05 if self.by_handle or self.delayed or self.waiting else 0.2
+                events = self.runner.poll(timeout)
                 if self.progress:
                     self.progress(self)
         finally:
@@ -514,9 +517,7 @@ class Engine:
         for entry in blocked:
             heapq.heappush(self.ready, entry)
         if launch:
-            with transaction.atomic():
-                self._launch(launch)
-                self._flush()
+            self._launch(launch)
 
     def _limited(self, node: Node) -> bool:
         limit = node.task.template.max_concurrency

@@ -9,6 +9,7 @@ same functions, so the audit and the event log are complete whoever made the cha
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections import defaultdict
@@ -168,12 +169,22 @@ def transition(
             wt.status = new_status
             for name, value in fields.items():
                 setattr(wt, name, value)
-        if own_fields:
-            WaveTask.objects.bulk_update([wt for wt, _ in changes], ["status", *fields, *own_fields])
-        else:
-            WaveTask.objects.filter(pk__in=[wt.pk for wt, _ in changes]).update(status=new_status, **fields)
+        _update_grouped(WaveTask, [wt for wt, _ in changes], own_fields, status=new_status, **fields)
         _record(changes, actor, reason, now)
     return [wt for wt, _ in changes]
+
+
+def _update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> None:
+    """UPDATE objects that each carry their own values of `own_fields`: one plain UPDATE per
+    distinct set of values (a batch mostly shares them: exit code 0, the same outputs),
+    cheaper than bulk_update's CASE per row."""
+    groups: dict[str, tuple[dict, list[int]]] = {}
+    for obj in objs:
+        values = {name: getattr(obj, name) for name in own_fields}
+        key = json.dumps(values, sort_keys=True, default=str)
+        groups.setdefault(key, (values, []))[1].append(obj.pk)
+    for values, pks in groups.values():
+        model.objects.filter(pk__in=pks).update(**common, **values)
 
 
 # --- runs and sessions ---------------------------------------------------------------------
@@ -395,8 +406,8 @@ def agents_finish(items: list[tuple[BuildAgentInstance, str, int | None]], now: 
                 closed.append(agent)
         if not closed:
             return []
-        BuildAgentInstance.objects.bulk_update(
-            closed, ["status", "completed_at", "exit_code", "last_heartbeat"]
+        _update_grouped(
+            BuildAgentInstance, closed, ["status", "exit_code"], completed_at=now, last_heartbeat=now
         )
         events_write([_agent_event(a) for a in closed], now)
         per_run: dict[int, int] = defaultdict(int)
