@@ -327,7 +327,7 @@ class Engine:
                 self._flush_batches()
                 self._flush()
             events = []
-            while self._unfinished():
+            while True:
                 # One transaction per turn: what came back, what it made ready, and the
                 # launches that follow, committed together.
                 with transaction.atomic():
@@ -341,6 +341,8 @@ class Engine:
                     self._flush_batches()
                     self._dispatch()
                     self._flush()
+                if not self._unfinished():
+                    break
                 timeout = 0.05 if self.by_handle or self.delayed or self.waiting else 0.2
                 events = self.runner.poll(timeout)
                 if self.progress:
