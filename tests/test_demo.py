@@ -96,7 +96,7 @@ def test_missing_commands_are_skipped_with_a_message(monkeypatch):
     assert get_user_model().objects.filter(username="admin").exists()
 
 
-def test_start_run_launches_run_tasklist_detached_for_the_etl_example(monkeypatch, settings, tmp_path):
+def test_start_run_launches_a_simulated_pipeline_run_detached(monkeypatch, settings, tmp_path):
     settings.VAR_DIR = tmp_path / "var"
     launched = {}
 
@@ -108,15 +108,15 @@ def test_start_run_launches_run_tasklist_detached_for_the_etl_example(monkeypatc
 
     monkeypatch.setattr(tidewatch_demo, "command_exists", lambda name: name == "run_tasklist")
     monkeypatch.setattr(tidewatch_demo.subprocess, "Popen", FakePopen)
-    note = tidewatch_demo.Command().start_run({"etl.yaml": "17"})
+    note = tidewatch_demo.Command().start_run({"multi_platform.pipeline": "17"})
 
-    assert launched["args"] == [sys.executable, "manage.py", "run_tasklist", "17"]
+    assert launched["args"] == [sys.executable, "manage.py", "run_tasklist", "17", "--simulate", "1"]
     assert launched["start_new_session"] is True
     assert launched["stdin"] == subprocess.DEVNULL
     assert "pid 4242" in note and str(tmp_path / "var" / "demo-run.log") in note
 
 
-def test_start_run_is_skipped_when_the_etl_example_was_not_imported(monkeypatch):
+def test_start_run_is_skipped_when_the_demo_example_was_not_imported(monkeypatch):
     monkeypatch.setattr(tidewatch_demo, "command_exists", lambda name: True)
     assert "was not imported" in tidewatch_demo.Command().start_run({})
 

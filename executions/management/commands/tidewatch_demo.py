@@ -21,7 +21,10 @@ from django.core.management.base import BaseCommand
 ADMIN_USERNAME = "admin"
 EXAMPLES_DIR = settings.BASE_DIR / "examples"
 # The example started with --start-run: the newcomer's first page is a live run of it.
-DEMO_RUN_EXAMPLE = "etl.yaml"
+# Seed 003's multi-platform pipeline, simulated at one second per minute: about two minutes of
+# waves, concurrent groups and agents to watch (the ETL example is over in a few seconds).
+DEMO_RUN_EXAMPLE = "multi_platform.pipeline"
+DEMO_RUN_ARGS = ["--simulate", "1"]
 
 
 def admin_ensure(*, password: str | None) -> tuple[bool, str | None]:
@@ -62,12 +65,12 @@ class Command(BaseCommand):
     help = (
         "Create or update the 'admin' superuser (password from TIDEWATCH_ADMIN_PASSWORD, else "
         "generated once and printed), import every file in examples/ and, with --start-run, start "
-        "a background run of examples/etl.yaml."
+        "a background run of examples/multi_platform.pipeline (simulated)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--start-run", action="store_true", help="Start a background run of examples/etl.yaml."
+            "--start-run", action="store_true", help="Start a background run of examples/multi_platform.pipeline (simulated)."
         )
         parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="The admin URL to print.")
         parser.add_argument("--examples", default=str(EXAMPLES_DIR), help="Directory of examples to import.")
@@ -117,7 +120,7 @@ class Command(BaseCommand):
         with open(log_path, "ab") as log:
             # Detached: its own session, so it outlives this command and ignores the terminal's ^C.
             proc = subprocess.Popen(
-                [sys.executable, "manage.py", "run_tasklist", imported[DEMO_RUN_EXAMPLE]],
+                [sys.executable, "manage.py", "run_tasklist", imported[DEMO_RUN_EXAMPLE], *DEMO_RUN_ARGS],
                 cwd=settings.BASE_DIR,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
