@@ -75,9 +75,13 @@ def run_create(
             )
     nodes, edges = selectors.task_list_graph(task_list)
     analysis = dag.analyze(nodes, edges)
-    old = {}
+    old: dict[str, WaveTask] = {}
+    old_instances: dict[str, list[WaveTask]] = defaultdict(list)  # for_each step key -> its instances
     if resume_of is not None:
-        old = {wt.key: wt for wt in WaveTask.objects.filter(execution=resume_of)}
+        for wt in WaveTask.objects.filter(execution=resume_of).order_by("id"):
+            old[wt.key] = wt
+            if wt.parent_id:
+                old_instances[wt.key.rsplit("[", 1)[0]].append(wt)
     with transaction.atomic():
         run = ExecutionRun.objects.create(
             task_list=task_list,
@@ -104,29 +108,25 @@ def run_create(
                     WaveTask(wave=waves[number], task=by_key[key], execution=run, key=key), old.get(key)
                 )
                 rows.append(row)
-                prefix = f"{key}["
-                for old_key, old_wt in old.items():
-                    if old_key.startswith(prefix) and old_wt.parent_id:
-                        instance_rows.append(
-                            _carry(
-                                WaveTask(
-                                    wave=waves[number],
-                                    task=by_key[key],
-                                    execution=run,
-                                    key=old_key,
-                                    item_index=old_wt.item_index,
-                                    item=old_wt.item,
-                                ),
-                                old_wt,
-                            )
+                for old_wt in old_instances.get(key, ()):
+                    instance_rows.append(
+                        _carry(
+                            WaveTask(
+                                wave=waves[number],
+                                task=by_key[key],
+                                execution=run,
+                                key=old_wt.key,
+                                item_index=old_wt.item_index,
+                                item=old_wt.item,
+                            ),
+                            old_wt,
                         )
+                    )
         reason = f"carried over from run {resume_of.pk}" if resume_of else None
         created = services.wave_tasks_create(rows, reason=reason)
         parents = {wt.key: wt for wt in created}
         for row in instance_rows:
             row.parent = parents[row.key.rsplit("[", 1)[0]]
-            if row.parent.status == S.SUCCEEDED:
-                row.status = S.SUCCEEDED
         services.wave_tasks_create(instance_rows, reason=reason)
     return run
 
@@ -261,11 +261,11 @@ class Engine:
                 parent_id = tasks[parent_id].parent_id
             return out
 
-        self.groups = {
-            t.key: Group(t, [c.key for c in tasks.values() if c.parent_id == t.pk])
-            for t in tasks.values()
-            if t.kind == Task.Kind.GROUP
-        }
+        children: dict[int, list[str]] = defaultdict(list)
+        for t in tasks.values():
+            if t.parent_id:
+                children[t.parent_id].append(t.key)
+        self.groups = {t.key: Group(t, children[t.pk]) for t in tasks.values() if t.kind == Task.Kind.GROUP}
         self.nodes: dict[str, Node] = {}
         self.waves: dict[int, _WaveState] = {}
         wave_tasks = list(WaveTask.objects.filter(execution=self.run).select_related("wave").order_by("id"))
@@ -286,7 +286,11 @@ class Engine:
         for node in self.nodes.values():
             if node.parent:
                 parent = self.nodes[node.parent]
-                parent.instances = (parent.instances or []) + [node.wt.key]
+                if parent.instances is None:
+                    parent.instances = []
+                parent.instances.append(node.wt.key)
+        # Steps not final yet; _settled() is the one place a step becomes final.
+        self.open = sum(1 for n in self.nodes.values() if n.wt.status not in TERMINAL)
         self.dependents: dict[str, list[str]] = defaultdict(list)
         for key, node in self.nodes.items():
             for dep in node.deps:
@@ -356,7 +360,7 @@ class Engine:
         self.stop_reason = reason
 
     def _unfinished(self) -> bool:
-        return bool(self.by_handle) or any(n.wt.status not in TERMINAL for n in self.nodes.values())
+        return bool(self.by_handle) or self.open > 0
 
     def _full(self) -> bool:
         return len(self.by_handle) >= self.run.max_parallelism
@@ -484,6 +488,7 @@ class Engine:
                 )
                 node.instances.append(wt.key)
                 state.keys.add(wt.key)
+            self.open += len(created)
         now = timezone.now()
         services.transition(
             node.wt, S.RUNNING, reason=f"for_each over {len(node.instances)} items", now=now, started_at=now
@@ -719,6 +724,7 @@ class Engine:
     def _settled(self, node: Node, now) -> None:
         """Wake whatever waited on a step whose final status is recorded."""
         status = node.wt.status
+        self.open -= 1
         self.waiting.pop(node.wt.pk, None)
         if node.parent:
             self._fanout_settle(self.nodes[node.parent])
