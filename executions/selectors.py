@@ -8,10 +8,10 @@ It reads a fixed number of queries whatever the size of the run.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from executions.models import ExecutionRun, ParallelExecutionWave, RunStatus, TaskStatus, WaveTask
+from executions.services import iso
 from waves.models import Task
 
 # Succeeded or skipped steps count as done (seed 003 "n/m steps complete").
@@ -28,10 +28,6 @@ def run_get(run_id: int) -> ExecutionRun:
 def run_latest() -> ExecutionRun | None:
     """The newest run, or None when there is none."""
     return ExecutionRun.objects.select_related("task_list").order_by("-id").first()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _percent(done: int, total: int) -> int:
@@ -100,8 +96,8 @@ def run_status_view(run: ExecutionRun) -> dict[str, Any]:
         wave_views[wave["id"]] = {
             "wave_number": wave["wave_number"],
             "status": wave["status"],
-            "started_at": _iso(wave["started_at"]),
-            "completed_at": _iso(wave["completed_at"]),
+            "started_at": iso(wave["started_at"]),
+            "completed_at": iso(wave["completed_at"]),
             "groups": [],
             "done": 0,
             "total": 0,
@@ -175,9 +171,9 @@ def run_status_view(run: ExecutionRun) -> dict[str, Any]:
         "max_parallelism": run.max_parallelism,
         "attempt": run.attempt,
         "resumed_from": run.resumed_from_id,
-        "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
-        "completed_at": _iso(run.completed_at),
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "completed_at": iso(run.completed_at),
         "wall_seconds": run.wall_seconds,
         "task_seconds": run.task_seconds,
         "speedup": round(run.task_seconds / run.wall_seconds, 2)

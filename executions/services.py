@@ -44,7 +44,8 @@ class ServiceError(Exception):
     """A request that cannot be carried out; the message says why."""
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, as every payload and API shows times."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -70,7 +71,7 @@ def _task_event(wt: WaveTask, previous: str | None, actor: str | None, reason: s
             "attempt": wt.attempt,
             "actor": actor,
             "reason": reason,
-            "at": _iso(now),
+            "at": iso(now),
         },
     )
 
@@ -205,8 +206,8 @@ def run_payload(run: ExecutionRun) -> dict:
         "execution_id": run.pk,
         "task_list_id": run.task_list_id,
         "status": run.status,
-        "started_at": _iso(run.started_at),
-        "completed_at": _iso(run.completed_at),
+        "started_at": iso(run.started_at),
+        "completed_at": iso(run.completed_at),
         "max_parallelism": run.max_parallelism,
         "wall_seconds": run.wall_seconds,
         "task_seconds": run.task_seconds,
@@ -325,8 +326,8 @@ def wave_update(wave: ParallelExecutionWave, *, now: datetime | None = None, **f
                         "wave_id": wave.pk,
                         "wave_number": wave.wave_number,
                         "status": wave.status,
-                        "started_at": _iso(wave.started_at),
-                        "completed_at": _iso(wave.completed_at),
+                        "started_at": iso(wave.started_at),
+                        "completed_at": iso(wave.completed_at),
                     },
                 )
             ],
@@ -350,8 +351,8 @@ def _agent_event(agent: BuildAgentInstance) -> tuple:
             "status": agent.status,
             "hostname": agent.hostname,
             "pid": agent.pid,
-            "started_at": _iso(agent.started_at),
-            "completed_at": _iso(agent.completed_at),
+            "started_at": iso(agent.started_at),
+            "completed_at": iso(agent.completed_at),
             "exit_code": agent.exit_code,
         },
     )

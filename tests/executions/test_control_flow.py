@@ -30,6 +30,7 @@ from executions.models import (
 )
 from observability.models import TranscriptEntry
 from tests.conftest import ROOT
+from tests.executions.helpers import assert_audit_replays, max_overlap, pid_alive, wait_for
 
 S = TaskStatus
 
@@ -69,59 +70,12 @@ def run_tasklist(*args) -> tuple[dict, int, ExecutionRun]:
     return summary, code, run
 
 
-def assert_audit_replays(run: ExecutionRun) -> None:
-    """Replaying each wave task's audit rows (id order) reproduces its final status."""
-    for wt in WaveTask.objects.filter(execution=run):
-        rows = list(
-            TaskStatusAudit.objects.filter(wave_task=wt)
-            .order_by("id")
-            .values_list("previous_status", "new_status")
-        )
-        assert rows, f"{wt.key}: no audit rows"
-        status = None
-        for previous, new in rows:
-            assert previous == status, f"{wt.key}: audit chain broken at {previous}->{new}: {rows}"
-            status = new
-        assert status == wt.status, f"{wt.key}: audit ends at {status}, task is {wt.status}: {rows}"
-
-
 def wts(run: ExecutionRun) -> dict[str, WaveTask]:
     return {wt.key: wt for wt in WaveTask.objects.filter(execution=run).select_related("wave")}
 
 
 def audit(wt: WaveTask) -> list[TaskStatusAudit]:
     return list(TaskStatusAudit.objects.filter(wave_task=wt).order_by("id"))
-
-
-def max_overlap(intervals) -> int:
-    """Most intervals open at once (an end at t comes before a start at t)."""
-    points = sorted(
-        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1])
-    )
-    best = cur = 0
-    for _, delta in points:
-        cur += delta
-        best = max(best, cur)
-    return best
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie, whoever its parent is."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(predicate, timeout: float = 30.0, poll: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def executor(child_env, *args) -> subprocess.Popen:
@@ -717,7 +671,7 @@ def test_cancel_run_from_another_process_stops_everything(tmp_path, child_env, m
     wait_for(
         lambda: ExecutionRun.objects.filter(pk=run.pk, cancel_requested_at__isnull=False).exists(),
         timeout=60,
-        poll=0.01,
+        interval=0.01,
         what="the cancel request",
     )
     requested = time.monotonic()

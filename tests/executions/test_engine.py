@@ -27,6 +27,8 @@ from executions.models import (
     WaveTask,
 )
 from tests.conftest import ROOT
+from tests.executions.helpers import agents_peak, assert_audit_replays, pid_alive, wait_for
+from tests.seeds import SEED_003
 
 S = TaskStatus
 
@@ -50,44 +52,6 @@ def run_list(name: str, *args) -> tuple[int, dict]:
 def importing(tmp_path, name, steps, **top) -> str:
     call_command("import_tasklist", str(write_workflow(tmp_path, name, steps, **top)), stdout=io.StringIO())
     return name
-
-
-def assert_audit_replays(run: ExecutionRun) -> None:
-    """Replaying each task's audit rows gives its final status, with no gap or duplicate."""
-    rows = TaskStatusAudit.objects.filter(execution=run).order_by("id")
-    history: dict[int, list] = {}
-    for row in rows:
-        history.setdefault(row.wave_task_id, []).append(row)
-    for wt in WaveTask.objects.filter(execution=run):
-        status = None
-        for row in history.get(wt.pk, []):
-            assert row.previous_status == status, (
-                f"{wt.key}: gap before {row.previous_status}->{row.new_status}"
-            )
-            assert row.new_status != row.previous_status, f"{wt.key}: duplicate {row.new_status}"
-            status = row.new_status
-        assert status == wt.status, f"{wt.key}: audit replays to {status}, row says {wt.status}"
-    attempts = list(BuildAgentInstance.objects.filter(execution=run).values_list("wave_task_id", "attempt"))
-    assert len(attempts) == len(set(attempts)), "an attempt was launched twice"
-
-
-def overlap_peak(agents) -> int:
-    edges = []
-    for a in agents:
-        edges += [(a.started_at, 1), (a.completed_at, -1)]
-    peak = level = 0
-    for _, delta in sorted(edges, key=lambda e: (e[0], e[1])):
-        level += delta
-        peak = max(peak, level)
-    return peak
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 pytestmark = pytest.mark.django_db
@@ -188,7 +152,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert wt.status == S.FAILED and "timed out after 1s" in wt.error
     background = int(pids.read_text())
     time.sleep(0.2)
-    assert not alive(background), "the background child of a timed-out task survived"
+    assert not pid_alive(background), "the background child of a timed-out task survived"
 
 
 def test_max_parallelism_template_and_block_limits_are_never_exceeded(tmp_path):
@@ -210,12 +174,12 @@ def test_max_parallelism_template_and_block_limits_are_never_exceeded(tmp_path):
     assert code == 0, summary
     run = ExecutionRun.objects.get(pk=summary["run_id"])
     agents = BuildAgentInstance.objects.filter(execution=run)
-    assert overlap_peak(agents) <= 3
+    assert agents_peak(agents) <= 3
     assert summary["peak_concurrency"] == 3
-    assert overlap_peak(agents.filter(task__template__name="extract")) == 1
-    assert overlap_peak(agents.filter(task__key__startswith="b")) == 1
+    assert agents_peak(agents.filter(task__template__name="extract")) == 1
+    assert agents_peak(agents.filter(task__key__startswith="b")) == 1
     code, summary = run_list(name, "--max-parallelism", "1")
-    assert overlap_peak(BuildAgentInstance.objects.filter(execution_id=summary["run_id"])) == 1
+    assert agents_peak(BuildAgentInstance.objects.filter(execution_id=summary["run_id"])) == 1
 
 
 def test_waves_agents_and_transcripts_are_recorded(tmp_path):
@@ -313,7 +277,7 @@ def test_simulate_runs_seed_003_example_1_dag_greedy(tmp_path):
     only after its own dependencies, and nothing waits for a wave barrier. (The wall time
     against the seed's 90 minutes is measured by benchmarks/bench_simulate.py.)"""
     path = tmp_path / "example1.pipeline"
-    path.write_text(SEED_003_EXAMPLE_1)
+    path.write_text(SEED_003["example1"][0])
     call_command("import_tasklist", str(path), "--name", "ex1", stdout=io.StringIO())
     code, summary = run_list("ex1", "--simulate", "0.005", "--max-parallelism", "8")
     assert code == 0 and summary["waves"] == 5
@@ -329,19 +293,6 @@ def test_simulate_runs_seed_003_example_1_dag_greedy(tmp_path):
         "step-9": ["step-5", "step-6", "step-7", "step-8"],
     }.items():
         assert all(agents[task_key].started_at >= agents[d].completed_at for d in dep_keys)
-
-
-SEED_003_EXAMPLE_1 = """
-1 | base | - | auto | - | 10 | Setup
-2 | base | - | auto | backend | 30 | Auth service
-3 | base | - | auto | backend | 30 | User service
-4 | base | - | auto | - | 10 | Backend validation
-5 | base | - | auto | web-features | 30 | Calendar feature (web)
-6 | base | - | auto | web-features | 30 | Tasks feature (web)
-7 | base | - | auto | mobile-features | 30 | Calendar feature (mobile)
-8 | base | - | auto | mobile-features | 30 | Tasks feature (mobile)
-9 | base | - | auto | - | 10 | Integration tests
-"""
 
 
 def test_critical_path_first_starts_the_long_chain_before_independent_tasks(tmp_path):
@@ -413,19 +364,6 @@ def spawn_executor(child_env, *args) -> subprocess.Popen:
     )
 
 
-def wait_for(predicate, timeout=60.0, interval=0.05, proc: subprocess.Popen | None = None):
-    """Poll until predicate() is true; fail early, with its stderr, if `proc` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"executor exited {proc.returncode}: {proc.stderr.read()}")
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_kill_9_of_the_executor_leaves_no_orphan_and_resume_completes(tmp_path, child_env, manage, settings):
     pids = tmp_path / "pids"
@@ -450,7 +388,7 @@ def test_kill_9_of_the_executor_leaves_no_orphan_and_resume_completes(tmp_path, 
     wait_for(lambda: WaveTask.objects.filter(execution=run, key="quick", status=S.SUCCEEDED).exists())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    wait_for(lambda: not any(alive(p) for p in task_pids), timeout=10)
+    wait_for(lambda: not any(pid_alive(p) for p in task_pids), timeout=10)
     done.touch()
     result = manage("run_tasklist", "--resume", run.pk, "--json", timeout=60)
     assert result.returncode == 0, result.stderr
@@ -486,7 +424,7 @@ def test_sigterm_cancels_the_run_and_its_process_groups(tmp_path, child_env):
     summary = json.loads(out)
     assert summary["status"] == "cancelled"
     assert summary["tasks"]["cancelled"] == 2
-    assert not alive(child)
+    assert not pid_alive(child)
     run = ExecutionRun.objects.get(pk=summary["run_id"])
     assert set(WaveTask.objects.filter(execution=run).values_list("status", flat=True)) == {S.CANCELLED}
     assert_audit_replays(run)
@@ -512,7 +450,7 @@ def test_two_executors_share_a_session_with_exact_peaks(tmp_path, child_env):
     assert session.execution_count == 2
     assert session.running_tasks == 0 and session.running_agents == 0
     agents = BuildAgentInstance.objects.filter(execution__in=runs)
-    assert session.peak_concurrent_agents == overlap_peak(agents) == 6
+    assert session.peak_concurrent_agents == agents_peak(agents) == 6
     assert session.peak_concurrent_tasks == 6
     assert session.total_agent_count == 6 and session.total_task_count == 6
     for run in runs:

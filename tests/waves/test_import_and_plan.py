@@ -3,50 +3,18 @@
 import json
 from datetime import timedelta
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from tests.seeds import EXAMPLES, SEED_003
 from waves.loaders import load_path, load_text
 from waves.models import Task, TaskDependency, TaskList
 from waves.selectors import task_durations, task_list_get, task_list_graph, task_list_plan
 from waves.services import TaskListExists, task_list_import
 
 pytestmark = pytest.mark.django_db
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-SEED_003 = {
-    "example1": (
-        """1 | base | - | auto | - | 10 | Setup
-2 | base | - | auto | backend | 30 | Auth service
-3 | base | - | auto | backend | 30 | User service
-4 | base | - | auto | - | 10 | Backend validation
-5 | base | - | auto | web-features | 30 | Calendar feature (web)
-6 | base | - | auto | web-features | 30 | Tasks feature (web)
-7 | base | - | auto | mobile-features | 30 | Calendar feature (mobile)
-8 | base | - | auto | mobile-features | 30 | Tasks feature (mobile)
-9 | base | - | auto | - | 10 | Integration tests""",
-        [["backend"], ["web-features", "mobile-features"]],
-        90,
-    ),
-    "example2": (
-        """1 | base | - | auto | - | 10 | Setup
-2 | base | - | auto | dev | 30 | Backend
-3 | base | - | auto | dev | 30 | Frontend
-4 | base | - | auto | dev | 30 | Tests
-5 | base | - | auto | - | 10 | Integration tests""",
-        [["dev"]],
-        50,
-    ),
-    "example3": (
-        (EXAMPLES / "multi_platform.pipeline").read_text(),
-        [["backend"], ["web-app", "mobile-app"], ["email-integration", "sms-integration"]],
-        130,
-    ),
-}
 
 
 def _import(text, name, suffix=".pipeline", **kwargs):

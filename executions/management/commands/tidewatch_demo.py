@@ -70,7 +70,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--start-run", action="store_true", help="Start a background run of examples/multi_platform.pipeline (simulated)."
+            "--start-run",
+            action="store_true",
+            help="Start a background run of examples/multi_platform.pipeline (simulated).",
         )
         parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="The admin URL to print.")
         parser.add_argument("--examples", default=str(EXAMPLES_DIR), help="Directory of examples to import.")
