@@ -53,6 +53,11 @@ class EngineError(Exception):
     """A run that cannot start; the message says why."""
 
 
+def _safe(key: str) -> str:
+    """A step key as a file and instance-id fragment."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+
+
 # --- laying a run out --------------------------------------------------------------------------
 
 
@@ -219,8 +224,10 @@ class Engine:
         # Work of one turn of the loop, recorded together by _flush_batches().
         self.to_queue: dict[str, Node] = {}  # insertion-ordered; a step wakes once
         self.succeeded: list[Node] = []
-        self.agents_done: list[tuple] = []
-        self.ready: list = []
+        self.to_record: list[tuple[list[Node], object]] = []  # settled successes, written at turn end
+        self.agents_done: list[tuple] = []  # (agent, status, exit code, when)
+        self.ready: list = []  # heap of (-priority, order, key): ready, waiting for a slot
+        self.unqueued: list[Node] = []  # ready this turn, still pending until _dispatch
         self.delayed: list[Node] = []
         self.waiting: dict[int, Node] = {}  # wave task pk -> gate waiting for approval
         self.by_handle: dict[str, Node] = {}
@@ -229,6 +236,10 @@ class Engine:
         self.peak = 0
         self.task_seconds = 0.0
         self.next_heartbeat = self.next_cancel_check = self.next_approval_check = 0.0
+        self.t_end: float | None = None
+        # One directory per attempt under the run's: $TIDEWATCH_OUTPUT, inputs, events.
+        self.work_root = Path(settings.TIDEWATCH["WORK_DIR"]) / f"run-{run.pk}"
+        self.work_root.mkdir(parents=True, exist_ok=True)
         self._load()
 
     # --- loading -----------------------------------------------------------------------------
@@ -323,19 +334,15 @@ class Engine:
         session = services.session_join(self.run, now)
         services.session_count(session.pk, waves=len(self.waves), tasks=len(self.nodes))
         try:
-            with transaction.atomic():
-                for node in list(self.nodes.values()):
-                    if node.wt.status in (S.PENDING, S.QUEUED, S.WAITING_APPROVAL) and not node.parent:
-                        if all(self._outcome(d) is not None for d in node.deps):
-                            self._decide(node)
-                self._flush_batches()
-                self._flush()
-            events = []
+            events = None
             while True:
                 # One transaction per turn: what came back, what it made ready, and the
-                # launches that follow, committed together.
-                with transaction.atomic():
-                    for event in events:
+                # launches that follow, committed together (services.batch() gathers the
+                # event-log rows and session counters of the turn into one write each).
+                with transaction.atomic(), services.batch():
+                    if events is None:
+                        self._decide_startable()
+                    for event in events or ():
                         if isinstance(event, Output):
                             self._output(event)
                         else:
@@ -344,8 +351,11 @@ class Engine:
                     self._tick()
                     self._flush_batches()
                     self._dispatch()
+                    self._record_finished()
                     self._flush()
                 if not self._unfinished():
+                    # The run ends with its last record; stopping the watchdog is not part of it.
+                    self.t_end = time.monotonic()
                     break
                 timeout = 0.05 if self.by_handle or self.delayed or self.waiting else 0.2
                 events = self.runner.poll(timeout)
@@ -354,6 +364,13 @@ class Engine:
         finally:
             self.runner.close()
         return self._close()
+
+    def _decide_startable(self) -> None:
+        """At the start: decide every top-level step whose dependencies are settled."""
+        for node in list(self.nodes.values()):
+            if node.wt.status in (S.PENDING, S.QUEUED, S.WAITING_APPROVAL) and not node.parent:
+                if all(self._outcome(d) is not None for d in node.deps):
+                    self._decide(node)
 
     def request_stop(self, reason: str) -> None:
         """Called from a signal handler: cancel at the next turn of the loop."""
@@ -410,8 +427,8 @@ class Engine:
         self._queue(node)
 
     def _queue(self, node: Node, reason: str | None = None) -> None:
-        """Make a step ready. Without a reason it joins this turn's batch (one transition
-        for all of them, see _flush_batches); a retry is recorded at once with its reason."""
+        """Make a step ready. Without a reason it joins this turn's batch (see _flush_batches
+        and _dispatch); a retry is recorded as queued at once, with its reason."""
         if reason is None:
             if node.wt.key not in self.to_queue:
                 self.to_queue[node.wt.key] = node
@@ -420,27 +437,41 @@ class Engine:
         heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
 
     def _flush_batches(self) -> None:
-        """Record this turn's closed agents and successes, then queue what became ready."""
-        if self.agents_done:
-            services.agents_finish(self.agents_done, timezone.now())
-            self.agents_done = []
+        """Settle this turn's successes and make ready what they woke.
+
+        Successes count at once in memory, but their rows (and the closed agents') are
+        written by _record_finished after _dispatch, in the same transaction: the steps
+        they unblock start first. A ready step stays pending here: _dispatch launches what
+        fits (pending -> running) and records the rest as queued, waiting for a slot."""
         if self.succeeded:
             now = timezone.now()
             nodes, self.succeeded = self.succeeded, []
+            for node in nodes:
+                node.wt.status, node.wt.error, node.wt.completed_at = S.SUCCEEDED, "", now
+            self.to_record.append((nodes, now))
+            for node in nodes:
+                self._settled(node, now)
+        if self.to_queue:
+            nodes, self.to_queue = list(self.to_queue.values()), {}
+            for node in nodes:
+                heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
+            self.unqueued += [n for n in nodes if n.wt.status == S.PENDING]
+
+    def _record_finished(self) -> None:
+        """Write the agents closed and the successes settled in this turn (see _flush_batches)."""
+        if self.agents_done:
+            done, self.agents_done = self.agents_done, []
+            services.agents_finish([d[:3] for d in done], min(d[3] for d in done))
+        for nodes, now in self.to_record:
             services.transition(
                 [n.wt for n in nodes],
                 S.SUCCEEDED,
                 now=now,
                 error="",
-                own_fields=["outputs", "exit_code", "completed_at"],
+                completed_at=now,
+                own_fields=["outputs", "exit_code"],
             )
-            for node in nodes:
-                self._settled(node, now)
-        if self.to_queue:
-            nodes, self.to_queue = list(self.to_queue.values()), {}
-            services.transition([n.wt for n in nodes if n.wt.status != S.QUEUED], S.QUEUED)
-            for node in nodes:
-                heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
+        self.to_record = []
 
     def _expand(self, node: Node) -> None:
         """for_each: one instance per item, in the step's wave, created at run time."""
@@ -514,7 +545,7 @@ class Engine:
         while self.ready and len(launch) < free:
             entry = heapq.heappop(self.ready)
             node = self.nodes[entry[2]]
-            if node.wt.status != S.QUEUED or node in launch:
+            if node.wt.status not in (S.QUEUED, S.PENDING) or node in launch:
                 continue
             if self._limited(node):
                 blocked.append(entry)
@@ -525,6 +556,9 @@ class Engine:
             heapq.heappush(self.ready, entry)
         if launch:
             self._launch(launch)
+        if self.unqueued:
+            waiting, self.unqueued = self.unqueued, []
+            services.transition([n.wt for n in waiting if n.wt.status == S.PENDING], S.QUEUED)
 
     def _limited(self, node: Node) -> bool:
         limit = node.task.template.max_concurrency
@@ -542,22 +576,25 @@ class Engine:
 
     def _launch(self, nodes: list[Node]) -> None:
         now = timezone.now()
-        agents, started = [], []
+        specs = []
         for node in nodes:
             node.wt.attempt += 1
             node.tries += 1
             try:
-                spec = self._spec(node)
+                specs.append((node, self._spec(node)))
             except ResolveError as exc:
                 self._reserve(node, -1)
                 self._settle(node, S.FAILED, reason="input error", error=str(exc))
-                continue
+        # Every spec is ready before the first start, so steps launched together start
+        # together (and, alike, end together: one turn records them all).
+        agents, started = [], []
+        for node, spec in specs:
             start = self.runner.launch(spec)
             node.handle, node.started = spec.handle, time.monotonic()
             self.by_handle[spec.handle] = node
             agents.append(
                 BuildAgentInstance(
-                    instance_id=f"r{self.run.pk}-{re.sub(r'[^A-Za-z0-9_.-]', '_', node.wt.key)}-a{node.wt.attempt}",
+                    instance_id=f"r{self.run.pk}-{_safe(node.wt.key)}-a{node.wt.attempt}",
                     execution=self.run,
                     wave_id=node.wt.wave_id,
                     task=node.task,
@@ -607,11 +644,8 @@ class Engine:
             k: str(v) if isinstance(v, str) else json.dumps(v)
             for k, v in resolve_value(task.env or {}, ctx).items()
         }
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", node.wt.key)
-        work_dir = (
-            Path(settings.TIDEWATCH["WORK_DIR"]) / f"run-{self.run.pk}" / safe / f"attempt-{node.wt.attempt}"
-        )
-        work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = self.work_root / f"{_safe(node.wt.key)}.attempt-{node.wt.attempt}"
+        work_dir.mkdir(exist_ok=True)
         (work_dir / "inputs.json").write_text(json.dumps(inputs))
         env = {**os.environ, **extra_env}
         for name, value in inputs.items():
@@ -664,7 +698,7 @@ class Engine:
             error = event.output_error
         if not event.cancelled or event.exit_code == 0:
             status = AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
-        self.agents_done.append((node.agent, status, event.exit_code))
+        self.agents_done.append((node.agent, status, event.exit_code, now))
         self._system(
             node, f"attempt {node.wt.attempt} {'failed: ' + error if error else status} after {seconds:.2f}s"
         )
@@ -707,8 +741,8 @@ class Engine:
                 )
                 self.delayed.append(node)
                 return
-        node.wt.outputs, node.wt.exit_code, node.wt.completed_at = outputs, event.exit_code, now
-        self.succeeded.append(node)
+        node.wt.outputs, node.wt.exit_code = outputs, event.exit_code
+        self.succeeded.append(node)  # recorded with the turn's others by _flush_batches
 
     # --- settling and propagation --------------------------------------------------------------
 
@@ -865,6 +899,7 @@ class Engine:
         self.ready.clear()
         self.delayed.clear()
         self.to_queue.clear()
+        self.unqueued.clear()
         pending = [
             n
             for n in self.nodes.values()
@@ -928,7 +963,7 @@ class Engine:
             status = RunStatus.CANCELLED
         else:
             status = RunStatus.SUCCEEDED
-        wall = time.monotonic() - self.t0
+        wall = (self.t_end or time.monotonic()) - self.t0
         services.run_update(
             self.run,
             status=status,

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -49,11 +51,74 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+class _Batch:
+    """What `batch()` gathers: audit rows, event-log rows and session counter moves.
+
+    They are written in the order of their times, not of the calls: the executor starts
+    the steps a success unblocks before it records that success (so they start sooner),
+    and the audit, the event log and the session peaks still read in causal order."""
+
+    def __init__(self):
+        self.audits: list[TaskStatusAudit] = []
+        self.events: list[Event] = []
+        self.counts: dict[int, list[tuple]] = defaultdict(list)  # session -> moves
+
+    def write(self) -> None:
+        if self.audits:
+            TaskStatusAudit.objects.bulk_create(sorted(self.audits, key=lambda a: a.changed_at))
+        if self.events:
+            Event.objects.bulk_create(sorted(self.events, key=lambda e: e.created_at))
+        for session_id, moves in self.counts.items():
+            # At equal times a finish comes before a start: the peak is not inflated.
+            moves.sort(key=lambda m: (m[0], m[1] + m[2] > 0))
+            tasks = agents = tasks_high = agents_high = started = 0
+            for _, t, a, s in moves:
+                tasks, agents, started = tasks + t, agents + a, started + s
+                tasks_high, agents_high = max(tasks_high, tasks), max(agents_high, agents)
+            _session_update(
+                session_id,
+                tasks=tasks,
+                agents=agents,
+                tasks_high=tasks_high,
+                agents_high=agents_high,
+                started=started,
+            )
+
+
+_local = threading.local()
+
+
+def _pending() -> _Batch | None:
+    return getattr(_local, "batch", None)
+
+
+@contextmanager
+def batch():
+    """Inside a transaction: gather the audit rows, event-log rows and session counter
+    moves of many changes and write them when the block ends, ordered by time (one INSERT
+    each, one UPDATE per session) instead of once per change. Status updates themselves
+    are not deferred. The executor wraps each turn of its loop in one."""
+    if _pending() is not None:
+        yield
+        return
+    assert transaction.get_connection().in_atomic_block, "batch() belongs inside transaction.atomic()"
+    _local.batch = pending = _Batch()
+    try:
+        yield
+    finally:
+        _local.batch = None
+    pending.write()
+
+
 def events_write(rows: Iterable[tuple[int | None, str, dict]], now: datetime) -> None:
     """Append (execution_id, type, payload) rows to the event log."""
-    Event.objects.bulk_create(
-        [Event(execution_id=ex, type=type_, payload=payload, created_at=now) for ex, type_, payload in rows]
-    )
+    events = [
+        Event(execution_id=ex, type=type_, payload=payload, created_at=now) for ex, type_, payload in rows
+    ]
+    if (pending := _pending()) is not None:
+        pending.events.extend(events)
+    else:
+        Event.objects.bulk_create(events)
 
 
 def _task_event(wt: WaveTask, previous: str | None, actor: str | None, reason: str | None, now: datetime):
@@ -80,22 +145,24 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
     """Audit rows, event rows, session counters and the signal for applied changes."""
     if not changes:
         return
-    TaskStatusAudit.objects.bulk_create(
-        [
-            TaskStatusAudit(
-                wave_task_id=wt.pk,
-                task_id=wt.task_id,
-                execution_id=wt.execution_id,
-                attempt=wt.attempt,
-                previous_status=previous,
-                new_status=wt.status,
-                changed_at=now,
-                actor=actor,
-                reason=(reason or None) and reason[:500],
-            )
-            for wt, previous in changes
-        ]
-    )
+    audits = [
+        TaskStatusAudit(
+            wave_task_id=wt.pk,
+            task_id=wt.task_id,
+            execution_id=wt.execution_id,
+            attempt=wt.attempt,
+            previous_status=previous,
+            new_status=wt.status,
+            changed_at=now,
+            actor=actor,
+            reason=(reason or None) and reason[:500],
+        )
+        for wt, previous in changes
+    ]
+    if (pending := _pending()) is not None:
+        pending.audits.extend(audits)
+    else:
+        TaskStatusAudit.objects.bulk_create(audits)
     events_write([_task_event(wt, previous, actor, reason, now) for wt, previous in changes], now)
     running_delta: dict[int, int] = defaultdict(int)
     for wt, previous in changes:
@@ -105,7 +172,7 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
             running_delta[wt.execution_id] -= 1
     for execution_id, delta in running_delta.items():
         if delta:
-            _session_count(execution_id, tasks=delta)
+            _session_count(execution_id, now, tasks=delta)
     task_status_changed.send(
         sender=WaveTask,
         changes=[
@@ -274,20 +341,34 @@ def _session_id(execution_id: int) -> int | None:
     return session_id
 
 
-def _session_count(execution_id: int, *, tasks: int = 0, agents: int = 0) -> None:
-    """Move the running counters of the run's session and keep exact peaks.
-
-    One UPDATE: the right-hand sides see the row as it was before this statement, under
-    the row lock, so the peak is exact whichever executor process runs it.
-    """
+def _session_count(
+    execution_id: int, now: datetime, *, tasks: int = 0, agents: int = 0, started: int = 0
+) -> None:
+    """Move the running counters of the run's session (and count agents started)."""
     session_id = _session_id(execution_id)
     if not session_id:
         return
+    if (pending := _pending()) is not None:
+        pending.counts[session_id].append((now, tasks, agents, started))
+    else:
+        _session_update(
+            session_id, tasks=tasks, agents=agents, tasks_high=tasks, agents_high=agents, started=started
+        )
+
+
+def _session_update(
+    session_id: int, *, tasks: int, agents: int, tasks_high: int, agents_high: int, started: int
+) -> None:
+    """One UPDATE that moves the running counters by `tasks` and `agents` and keeps exact
+    peaks: `*_high` is the highest the counter rose on the way (a batch may finish some
+    tasks before it starts others). The right-hand sides see the row as it was before this
+    statement, under the row lock, so the peak is exact whichever process runs it."""
     ConcurrentExecutionSession.objects.filter(pk=session_id).update(
         running_tasks=F("running_tasks") + tasks,
         running_agents=F("running_agents") + agents,
-        peak_concurrent_tasks=Greatest(F("peak_concurrent_tasks"), F("running_tasks") + tasks),
-        peak_concurrent_agents=Greatest(F("peak_concurrent_agents"), F("running_agents") + agents),
+        total_agent_count=F("total_agent_count") + started,
+        peak_concurrent_tasks=Greatest(F("peak_concurrent_tasks"), F("running_tasks") + tasks_high),
+        peak_concurrent_agents=Greatest(F("peak_concurrent_agents"), F("running_agents") + agents_high),
     )
 
 
@@ -370,10 +451,7 @@ def agents_start(agents: list[BuildAgentInstance], now: datetime) -> list[BuildA
             per_run[agent.execution_id] += 1
             agent_changed.send(sender=BuildAgentInstance, agent=agent, created=True)
         for execution_id, count in per_run.items():
-            _session_count(execution_id, agents=count)
-            session_id = _session_id(execution_id)
-            if session_id:
-                session_count(session_id, agents=count)
+            _session_count(execution_id, now, agents=count, started=count)
     return created
 
 
@@ -416,7 +494,7 @@ def agents_finish(items: list[tuple[BuildAgentInstance, str, int | None]], now: 
             per_run[agent.execution_id] += 1
             agent_changed.send(sender=BuildAgentInstance, agent=agent, created=False)
         for execution_id, count in per_run.items():
-            _session_count(execution_id, agents=-count)
+            _session_count(execution_id, now, agents=-count)
     return closed
 
 

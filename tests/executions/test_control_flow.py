@@ -267,7 +267,9 @@ def test_for_each_literal_list_instances_limits_and_ordered_outputs(tmp_path):
         agents = list(BuildAgentInstance.objects.filter(wave_task=inst))
         assert len(agents) == 1 and agents[0].wave_id == fan.wave_id
         intervals.append((agents[0].started_at, agents[0].completed_at))
-        assert [a.new_status for a in audit(inst)] == [S.PENDING, S.QUEUED, S.RUNNING, S.SUCCEEDED]
+        # The first two take the two free slots at once; the others wait in queued.
+        waited = [S.QUEUED] if i >= 2 else []
+        assert [a.new_status for a in audit(inst)] == [S.PENDING, *waited, S.RUNNING, S.SUCCEEDED]
         lines = TranscriptEntry.objects.filter(wave_task=inst, entry_type="stdout").values_list(
             "content", flat=True
         )

@@ -18,6 +18,7 @@ from executions.models import (
     AgentStatus,
     BuildAgentInstance,
     ConcurrentExecutionSession,
+    Event,
     ExecutionRun,
     ParallelExecutionWave,
     RunStatus,
@@ -215,6 +216,41 @@ def test_waves_agents_and_transcripts_are_recorded(tmp_path):
     assert_audit_replays(run)  # c waits on a and b, which may finish in one batch: one launch
     sequences = list(TranscriptEntry.objects.filter(execution=run).values_list("sequence", flat=True))
     assert len(sequences) == len(set(sequences))
+
+
+def test_a_chain_is_recorded_in_causal_order_with_a_peak_of_one(tmp_path):
+    # The executor starts what a success unblocks before it writes that success; the
+    # audit, the event log and the session peak must still read in causal order.
+    steps = [{"id": "s0", "run": "true"}] + [
+        {"id": f"s{i}", "run": "true", "depends_on": [f"s{i - 1}"]} for i in range(1, 6)
+    ]
+    name = importing(tmp_path, "chain", steps, max_parallelism=4)
+    code, summary = run_list(name)
+    assert code == 0 and summary["peak_concurrency"] == 1
+    run = ExecutionRun.objects.get(pk=summary["run_id"])
+    session = ConcurrentExecutionSession.objects.get(pk=run.session_id)
+    assert (session.peak_concurrent_tasks, session.peak_concurrent_agents) == (1, 1)
+    assert (session.running_tasks, session.running_agents, session.total_agent_count) == (0, 0, 6)
+    assert_audit_replays(run)
+    audit = [
+        (row.wave_task.key, row.new_status)
+        for row in TaskStatusAudit.objects.filter(execution=run).select_related("wave_task").order_by("id")
+    ]
+    events = [
+        (e.payload.get("key") or e.payload["instance_id"], e.type, e.payload["status"])
+        for e in Event.objects.filter(execution=run, type__in=["task.update", "agent.update"]).order_by("id")
+    ]
+    for i in range(1, 6):
+        assert audit.index((f"s{i - 1}", S.SUCCEEDED)) < audit.index((f"s{i}", S.RUNNING))
+        previous_agent = f"r{run.pk}-s{i - 1}-a1"
+        assert events.index((previous_agent, "agent.update", AgentStatus.SUCCEEDED)) < events.index(
+            (f"s{i}", "task.update", S.RUNNING)
+        )
+        assert events.index((f"s{i - 1}", "task.update", S.SUCCEEDED)) < events.index(
+            (f"s{i}", "task.update", S.RUNNING)
+        )
+    times = list(Event.objects.filter(execution=run).order_by("id").values_list("created_at", flat=True))
+    assert times == sorted(times)
 
 
 def test_long_lines_are_cut_with_a_truncation_marker(tmp_path, settings):
