@@ -226,6 +226,7 @@ class Engine:
         self.succeeded: list[Node] = []
         self.to_record: list[tuple[list[Node], object]] = []  # settled successes, written at turn end
         self.agents_done: list[tuple] = []  # (agent, status, exit code, when)
+        self.waves_done: list[tuple[_WaveState, object]] = []
         self.ready: list = []  # heap of (-priority, order, key): ready, waiting for a slot
         self.unqueued: list[Node] = []  # ready this turn, still pending until _dispatch
         self.delayed: list[Node] = []
@@ -322,17 +323,19 @@ class Engine:
         now = timezone.now()
         host, pid = services.executor_identity()
         self.t0 = time.monotonic()
-        services.run_update(
-            self.run,
-            status=RunStatus.RUNNING,
-            started_at=now,
-            executor_hostname=host,
-            executor_pid=pid,
-            executor_heartbeat=now,
-            now=now,
-        )
-        session = services.session_join(self.run, now)
-        services.session_count(session.pk, waves=len(self.waves), tasks=len(self.nodes))
+        with transaction.atomic():
+            services.run_update(
+                self.run,
+                status=RunStatus.RUNNING,
+                started_at=now,
+                executor_hostname=host,
+                executor_pid=pid,
+                executor_heartbeat=now,
+                now=now,
+            )
+            session = services.session_join(self.run, now)
+            services.session_count(session.pk, waves=len(self.waves), tasks=len(self.nodes))
+        self.next_heartbeat = self.t0 + settings.TIDEWATCH["HEARTBEAT_SECONDS"]  # just written
         try:
             events = None
             while True:
@@ -458,7 +461,8 @@ class Engine:
             self.unqueued += [n for n in nodes if n.wt.status == S.PENDING]
 
     def _record_finished(self) -> None:
-        """Write the agents closed and the successes settled in this turn (see _flush_batches)."""
+        """Write the agents closed, the successes settled and the waves completed in this
+        turn (see _flush_batches)."""
         if self.agents_done:
             done, self.agents_done = self.agents_done, []
             services.agents_finish([d[:3] for d in done], min(d[3] for d in done))
@@ -472,6 +476,9 @@ class Engine:
                 own_fields=["outputs", "exit_code"],
             )
         self.to_record = []
+        for state, now in self.waves_done:
+            self._wave_completed(state, now)
+        self.waves_done = []
 
     def _expand(self, node: Node) -> None:
         """for_each: one instance per item, in the step's wave, created at run time."""
@@ -770,7 +777,7 @@ class Engine:
         state = self.waves[node.wt.wave_id]
         state.done += 1
         if state.done == len(state.keys):
-            self._wave_completed(state, now)
+            self.waves_done.append((state, now))  # written by _record_finished
 
     def _wake(self, key: str) -> None:
         for dep_key in self.dependents.get(key, ()):
