@@ -749,7 +749,7 @@ class Engine:
                 self.delayed.append(node)
                 return
         node.wt.outputs, node.wt.exit_code = outputs, event.exit_code
-        self.succeeded.append(node)  # recorded with the turn's others by _flush_batches
+        self.succeeded.append(node)  # settled by _flush_batches, written by _record_finished
 
     # --- settling and propagation --------------------------------------------------------------
 

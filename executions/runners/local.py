@@ -28,6 +28,8 @@ KILL_GRACE_SECONDS = 2.0
 # After the shell exits, how long its pipes may stay open (a background child holding
 # them) before the rest of its group is killed.
 PIPE_LINGER_SECONDS = 0.5
+# When an attempt ends, poll() also waits for those started up to COALESCE_MAX after it, as
+# much later as they started later, plus COALESCE_GAP (see poll).
 COALESCE_GAP_SECONDS = 0.002
 COALESCE_MAX_SECONDS = 0.015
 
@@ -90,19 +92,16 @@ class LocalRunner:
         events = self._poll(timeout)
         # Attempts started together end together. When some end, those started just after
         # them are likely to end as much later as they started later: wait that long (plus
-        # COALESCE_GAP; at most COALESCE_MAX), so one turn of the executor records them all
-        # and starts what they unblock, instead of one turn each.
+        # COALESCE_GAP), so one turn of the executor records them all and starts what they
+        # unblock, instead of one turn each.
         if self.ended_starts and self.attempts:
             latest = max(self.ended_starts)
-            later = {
-                h: a.started - latest
-                for h, a in self.attempts.items()
-                if 0 <= a.started - latest <= COALESCE_MAX_SECONDS
-            }
-            end = time.monotonic() + max(later.values(), default=0.0) + COALESCE_GAP_SECONDS
+            offsets = {h: a.started - latest for h, a in self.attempts.items()}
+            later = {h for h, d in offsets.items() if 0 <= d <= COALESCE_MAX_SECONDS}
+            end = time.monotonic() + max((offsets[h] for h in later), default=0.0) + COALESCE_GAP_SECONDS
             while later and (left := end - time.monotonic()) > 0:
                 events += self._poll(left)
-                later = {h: d for h, d in later.items() if h in self.attempts}
+                later &= self.attempts.keys()
         return events
 
     def _poll(self, timeout: float) -> list[Output | Finished]:
