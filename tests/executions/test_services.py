@@ -1,7 +1,11 @@
+from datetime import timedelta
+
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
 from executions import services
-from executions.models import Event, TaskStatus, TaskStatusAudit, WaveTask
+from executions.models import ConcurrentExecutionSession, Event, TaskStatus, TaskStatusAudit, WaveTask
 from tests.factories import run_with_waves, task_list
 
 pytestmark = pytest.mark.django_db
@@ -36,3 +40,34 @@ def test_transition_respects_allowed_from():
     assert [wt.key for wt in changed] == ["b"]
     assert replay(WaveTask.objects.get(pk=a.pk)) == TaskStatus.RUNNING
     assert replay(WaveTask.objects.get(pk=b.pk)) == TaskStatus.QUEUED
+
+
+def test_a_batch_writes_audit_events_and_session_peaks_in_time_order():
+    run = run_with_waves(task_list(), [["a", "b"], ["c"]])
+    session = services.session_join(run, timezone.now())
+    a, b, c = WaveTask.objects.filter(execution=run).order_by("key")
+    services.transition([a, b], TaskStatus.RUNNING)  # outside a batch: written at once
+    t1 = timezone.now() + timedelta(seconds=1)
+    t2 = t1 + timedelta(seconds=1)
+    first_event = Event.objects.order_by("-id").values_list("id", flat=True).first()
+    with transaction.atomic(), services.batch():
+        # Called out of order: c starts (t2) before a and b are recorded as done (t1).
+        services.transition(c, TaskStatus.RUNNING, now=t2)
+        services.transition([a, b], TaskStatus.SUCCEEDED, now=t1)
+        assert not Event.objects.filter(id__gt=first_event).exists()  # not written yet
+    session = ConcurrentExecutionSession.objects.get(pk=session.pk)
+    # Two ran at once, never three: a and b ended (t1) before c started (t2).
+    assert (session.running_tasks, session.peak_concurrent_tasks) == (1, 2)
+    audit = TaskStatusAudit.objects.filter(execution=run, changed_at__gte=t1).order_by("id")
+    assert [(r.wave_task.key, r.new_status) for r in audit] == [
+        ("a", "succeeded"),
+        ("b", "succeeded"),
+        ("c", "running"),
+    ]
+    events = Event.objects.filter(id__gt=first_event).order_by("id")
+    assert [(e.payload["key"], e.payload["status"]) for e in events] == [
+        ("a", "succeeded"),
+        ("b", "succeeded"),
+        ("c", "running"),
+    ]
+    assert all(replay(wt) == wt.status for wt in WaveTask.objects.filter(execution=run))
