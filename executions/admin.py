@@ -122,6 +122,26 @@ def run_link(execution_id):
     return change_link("executions_executionrun", execution_id, f"Run {execution_id}")
 
 
+class RecordLinks:
+    """Columns for rows that point at a run, a wave and a wave task (here and in observability)."""
+
+    @admin.display(description="run", ordering="execution_id")
+    def run(self, obj):
+        return run_link(obj.execution_id)
+
+    @admin.display(description="wave", ordering="wave__wave_number")
+    def wave_number(self, obj):
+        if obj.wave_id is None:
+            return "-"
+        return change_link("executions_parallelexecutionwave", obj.wave_id, obj.wave.wave_number)
+
+    @admin.display(description="task", ordering="wave_task__key")
+    def wave_task_key(self, obj):
+        if obj.wave_task_id is None:
+            return "-"
+        return change_link("executions_wavetask", obj.wave_task_id, obj.wave_task.key)
+
+
 def count_of(model, fk: str):
     """A correlated COUNT of `model` rows pointing at the outer row through `fk` (indexed)."""
     rows = model.objects.filter(**{fk: OuterRef("pk")}).order_by().values(fk)
@@ -334,7 +354,7 @@ class WaveTaskInline(ReadOnlyInline):
 
 
 @admin.register(ParallelExecutionWave)
-class ParallelExecutionWaveAdmin(ReadOnlyAdmin):
+class ParallelExecutionWaveAdmin(RecordLinks, ReadOnlyAdmin):
     list_display = (
         "id",
         "run",
@@ -373,10 +393,6 @@ class ParallelExecutionWaveAdmin(ReadOnlyAdmin):
             return getattr(obj.statistics, name)
         except ParallelExecutionWave.statistics.RelatedObjectDoesNotExist:
             return None
-
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
 
     @admin.display(description="duration")
     def duration(self, obj):
@@ -433,7 +449,7 @@ class ApprovalFilter(admin.SimpleListFilter):
 
 
 @admin.register(WaveTask)
-class WaveTaskAdmin(DecidePermission, ReadOnlyAdmin):
+class WaveTaskAdmin(DecidePermission, RecordLinks, ReadOnlyAdmin):
     list_display = (
         "key",
         "run",
@@ -457,14 +473,6 @@ class WaveTaskAdmin(DecidePermission, ReadOnlyAdmin):
     inlines = [AuditInline]
     readonly_fields = ("run", "transcript", "tool_uses", "agents_link")
     actions = ["approve_steps", "reject_steps"]
-
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
-
-    @admin.display(description="wave", ordering="wave__wave_number")
-    def wave_number(self, obj):
-        return change_link("executions_parallelexecutionwave", obj.wave_id, obj.wave.wave_number)
 
     @admin.display(description="title", ordering="task__title")
     def title(self, obj):
@@ -502,7 +510,7 @@ class WaveTaskAdmin(DecidePermission, ReadOnlyAdmin):
 
 
 @admin.register(BuildAgentInstance)
-class BuildAgentInstanceAdmin(LargeTableAdmin):
+class BuildAgentInstanceAdmin(RecordLinks, LargeTableAdmin):
     list_display = (
         "instance_id",
         "status",
@@ -523,18 +531,6 @@ class BuildAgentInstanceAdmin(LargeTableAdmin):
     search_fields = ("=instance_id", "hostname", "wave_task__key")
     ordering = ("-started_at",)
 
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
-
-    @admin.display(description="wave", ordering="wave__wave_number")
-    def wave_number(self, obj):
-        return change_link("executions_parallelexecutionwave", obj.wave_id, obj.wave.wave_number)
-
-    @admin.display(description="task", ordering="wave_task__key")
-    def wave_task_key(self, obj):
-        return change_link("executions_wavetask", obj.wave_task_id, obj.wave_task.key)
-
     @admin.display(description="transcript")
     def transcript(self, obj):
         return changelist_link("observability_transcriptentry", "transcript", agent__id__exact=obj.pk)
@@ -544,7 +540,7 @@ class BuildAgentInstanceAdmin(LargeTableAdmin):
 
 
 @admin.register(TaskStatusAudit)
-class TaskStatusAuditAdmin(LargeTableAdmin):
+class TaskStatusAuditAdmin(RecordLinks, LargeTableAdmin):
     list_display = (
         "id",
         "changed_at",
@@ -562,14 +558,6 @@ class TaskStatusAuditAdmin(LargeTableAdmin):
     # No date_hierarchy: its year/month links scan the whole table. Filter by run instead.
     ordering = ("-id",)
 
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
-
-    @admin.display(description="task", ordering="wave_task__key")
-    def wave_task_key(self, obj):
-        return change_link("executions_wavetask", obj.wave_task_id, obj.wave_task.key)
-
 
 class EventTypeFilter(admin.SimpleListFilter):
     """Fixed choices: a plain list_filter on `type` would SELECT DISTINCT over the whole log."""
@@ -586,14 +574,10 @@ class EventTypeFilter(admin.SimpleListFilter):
 
 
 @admin.register(Event)
-class EventAdmin(LargeTableAdmin):
+class EventAdmin(RecordLinks, LargeTableAdmin):
     list_display = ("id", "created_at", "type", "run", "summary")
     list_filter = (EventTypeFilter,)
     ordering = ("-id",)
-
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id) if obj.execution_id else "-"
 
     @admin.display(description="payload")
     def summary(self, obj):

@@ -7,9 +7,9 @@ from django.template.defaultfilters import truncatechars
 from executions.admin import (
     LargeTableAdmin,
     ReadOnlyAdmin,
+    RecordLinks,
     change_link,
     changelist_link,
-    run_link,
     seconds,
 )
 from observability.models import (
@@ -21,26 +21,6 @@ from observability.models import (
     WaveProgress,
     WaveStatistics,
 )
-
-
-class RecordLinks:
-    """Columns shared by records that point at a run, a wave and a wave task."""
-
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
-
-    @admin.display(description="wave", ordering="wave__wave_number")
-    def wave_number(self, obj):
-        if obj.wave_id is None:
-            return "-"
-        return change_link("executions_parallelexecutionwave", obj.wave_id, obj.wave.wave_number)
-
-    @admin.display(description="task", ordering="wave_task__key")
-    def wave_task_key(self, obj):
-        if obj.wave_task_id is None:
-            return "-"
-        return change_link("executions_wavetask", obj.wave_task_id, obj.wave_task.key)
 
 
 @admin.register(TranscriptEntry)
@@ -141,7 +121,7 @@ class WaveStatisticsAdmin(RecordLinks, ReadOnlyAdmin):
 
 
 @admin.register(WaveProgress)
-class WaveProgressAdmin(ReadOnlyAdmin):
+class WaveProgressAdmin(RecordLinks, ReadOnlyAdmin):
     """Seed 000 §7.1, as the v_wave_progress view returns it."""
 
     list_display = (
@@ -165,17 +145,13 @@ class WaveProgressAdmin(ReadOnlyAdmin):
     search_fields = ("task_list_title", "=execution__id")
     ordering = ("-execution_id", "wave_number")
 
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
-
     @admin.display(description="tasks", ordering="task_count")
     def tasks(self, obj):
         return changelist_link("executions_wavetask", obj.task_count, wave__id__exact=obj.pk)
 
 
 @admin.register(ActiveAgent)
-class ActiveAgentAdmin(ReadOnlyAdmin):
+class ActiveAgentAdmin(RecordLinks, ReadOnlyAdmin):
     """Seed 000 §7.2, as the v_active_agents view returns it."""
 
     list_display = (
@@ -192,10 +168,6 @@ class ActiveAgentAdmin(ReadOnlyAdmin):
     )
     search_fields = ("instance_id", "task_title", "task_list_title")
     ordering = ("started_at",)
-
-    @admin.display(description="run", ordering="execution_id")
-    def run(self, obj):
-        return run_link(obj.execution_id)
 
     @admin.display(description="transcript")
     def transcript(self, obj):
