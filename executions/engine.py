@@ -912,9 +912,21 @@ class Engine:
             for n in self.nodes.values()
             if n.wt.status not in TERMINAL and n.handle not in self.by_handle and not n.instances
         ]
-        for node in sorted(pending, key=lambda n: n.parent is None):
-            if node.wt.status not in TERMINAL:
-                self._settle(node, S.CANCELLED, reason=f"run cancelled by {by}", actor=by)
+        now = timezone.now()
+        # One transition for all of them (a list may hold thousands). Instances first: the
+        # last instance of a for_each step to settle settles the step.
+        for nodes in ([n for n in pending if n.parent], [n for n in pending if not n.parent]):
+            nodes = [n for n in nodes if n.wt.status not in TERMINAL]
+            services.transition(
+                [n.wt for n in nodes],
+                S.CANCELLED,
+                reason=f"run cancelled by {by}",
+                actor=by,
+                now=now,
+                completed_at=now,
+            )
+            for node in nodes:
+                self._settled(node, now)
 
     # --- transcripts ---------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from executions.models import (
     WaveTask,
 )
 from executions.signals import agent_changed, task_status_changed, wave_changed
+from waves.services import CHUNK
 
 
 class ServiceError(Exception):
@@ -217,6 +218,22 @@ def transition(
     if not items:
         return []
     now = now or timezone.now()
+    if len(items) > CHUNK:  # a list of 70,000 ready steps: keep each IN (...) list bounded
+        with transaction.atomic(savepoint=False):
+            return [
+                wt
+                for i in range(0, len(items), CHUNK)
+                for wt in transition(
+                    items[i : i + CHUNK],
+                    new_status,
+                    allowed_from=allowed_from,
+                    actor=actor,
+                    reason=reason,
+                    now=now,
+                    own_fields=own_fields,
+                    **fields,
+                )
+            ]
     allowed = frozenset(allowed_from) if allowed_from is not None else None
     by_pk = {wt.pk: wt for wt in items}
     with transaction.atomic(savepoint=False):

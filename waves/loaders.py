@@ -141,7 +141,8 @@ class _LineDict(dict):
     line: int | None = None
 
 
-class _YamlLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (about 10x faster on big files); marks work the same.
+class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     pass
 
 

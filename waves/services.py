@@ -8,6 +8,9 @@ from django.utils import timezone
 from waves.loaders import Definition, DefinitionError, validate
 from waves.models import Task, TaskDependency, TaskList, TaskTemplate
 
+# Rows per IN (...) list: PostgreSQL takes at most 65,535 parameters in one statement.
+CHUNK = 10_000
+
 
 class TaskListExists(DefinitionError):
     """A live list already has this title and --replace was not given."""
@@ -49,9 +52,7 @@ def task_list_import(
             old.replaced_by = tl
             old.save(update_fields=["replaced_by"])
 
-        templates = {}
-        for tpl_name in dict.fromkeys(s.template for s in definition.steps):
-            templates[tpl_name], _ = TaskTemplate.objects.get_or_create(name=tpl_name)
+        templates = _templates(list(dict.fromkeys(s.template for s in definition.steps)))
         tasks = Task.objects.bulk_create(
             [
                 Task(
@@ -96,3 +97,22 @@ def task_list_import(
             ]
         )
     return tl
+
+
+def _templates(names: list[str]) -> dict[str, TaskTemplate]:
+    """The templates of these names, creating the missing ones (a list may name thousands:
+    one query per chunk, not one per name). ignore_conflicts: another import may create
+    the same name at the same moment."""
+
+    def fetch() -> dict[str, TaskTemplate]:
+        found = {}
+        for i in range(0, len(names), CHUNK):
+            found.update((t.name, t) for t in TaskTemplate.objects.filter(name__in=names[i : i + CHUNK]))
+        return found
+
+    templates = fetch()
+    missing = [TaskTemplate(name=n) for n in names if n not in templates]
+    if missing:
+        TaskTemplate.objects.bulk_create(missing, ignore_conflicts=True)
+        templates = fetch()
+    return templates

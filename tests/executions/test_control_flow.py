@@ -704,3 +704,45 @@ def test_cancel_run_from_another_process_stops_everything(tmp_path, child_env, m
     cancelled_at = max(audit(tasks[k])[-1].changed_at for k in ("long", "long2", "later"))
     assert (cancelled_at - run.cancel_requested_at).total_seconds() < 1.5
     assert_audit_replays(run)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_settles_waiting_instances_steps_and_dependents_together(tmp_path, child_env):
+    items = list(range(6))
+    name = workflow(
+        tmp_path,
+        "cancel-fan",
+        [
+            {"id": "fan", "for_each": items, "max_parallelism": 1, "run": "sleep 30"},
+            {"id": "after", "depends_on": ["fan"], "run": "touch TMP/after"},
+            {"id": "other", "run": "sleep 30"},
+            {"id": "queued", "run": "touch TMP/queued"},
+        ],
+        max_parallelism=2,
+    )
+    proc = executor(child_env, name)
+    run = wait_for(lambda: newest_run(name), what="the run")
+    wait_for(lambda: status_of(run.pk, "fan[0]") == S.RUNNING, what="fan[0] running", proc=proc)
+    wait_for(lambda: status_of(run.pk, "queued") == S.QUEUED, what="a step waiting for a slot", proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc)
+    assert code == 1, err
+    assert json.loads(out)["status"] == "cancelled"
+    tasks = wts(run)
+    assert {k: wt.status for k, wt in tasks.items()} == {
+        "fan": S.CANCELLED,
+        **{f"fan[{i}]": S.CANCELLED for i in items},
+        "after": S.CANCELLED,
+        "other": S.CANCELLED,
+        "queued": S.CANCELLED,
+    }
+    assert all(wt.completed_at is not None for wt in tasks.values())
+    # The five instances that never started were cancelled by one change, with one reason.
+    rows = TaskStatusAudit.objects.filter(
+        execution=run, new_status=S.CANCELLED, wave_task__parent__isnull=False
+    )
+    never_started = rows.filter(previous_status=S.QUEUED)
+    assert never_started.count() == 5
+    assert len({(r.changed_at, r.reason) for r in never_started}) == 1
+    assert not (tmp_path / "after").exists() and not (tmp_path / "queued").exists()
+    assert_audit_replays(run)

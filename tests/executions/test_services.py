@@ -71,3 +71,18 @@ def test_a_batch_writes_audit_events_and_session_peaks_in_time_order():
         ("c", "running"),
     ]
     assert all(replay(wt) == wt.status for wt in WaveTask.objects.filter(execution=run))
+
+
+def test_a_big_transition_goes_in_chunks_in_one_transaction(monkeypatch):
+    monkeypatch.setattr(services, "CHUNK", 2)
+    run = run_with_waves(task_list(), [["a", "b"], ["c"]])
+    rows = list(WaveTask.objects.filter(execution=run).order_by("key"))
+    services.transition(rows[0], TaskStatus.RUNNING)
+    changed = services.transition(rows, TaskStatus.QUEUED, allowed_from=[TaskStatus.PENDING], reason="r")
+    assert [wt.key for wt in changed] == ["b", "c"]
+    assert dict(WaveTask.objects.filter(execution=run).values_list("key", "status")) == {
+        "a": "running",
+        "b": "queued",
+        "c": "queued",
+    }
+    assert all(replay(wt) == wt.status for wt in WaveTask.objects.filter(execution=run))

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from tests.seeds import EXAMPLES, SEED_003
 from waves.loaders import load_path, load_text
-from waves.models import Task, TaskDependency, TaskList
+from waves.models import Task, TaskDependency, TaskList, TaskTemplate
 from waves.selectors import task_durations, task_list_get, task_list_graph, task_list_plan
 from waves.services import TaskListExists, task_list_import
 
@@ -111,6 +111,22 @@ def test_replace_archives_the_old_list_and_keeps_its_tasks():
     assert old.tasks.count() == 5 and new.tasks.count() == 9
     assert task_list_get("same") == new
     assert task_list_get(str(old.pk)) == old  # history stays reachable by id
+
+
+def test_templates_are_shared_by_name_across_lists(monkeypatch):
+    import waves.services
+
+    monkeypatch.setattr(waves.services, "CHUNK", 2)  # names looked up in several chunks
+    first = _import("steps:\n  - id: a\n  - id: b\n    template: build\n", "t1", suffix=".yaml")
+    second = _import(
+        "steps:\n  - id: b\n    template: build\n  - id: c\n  - id: d\n    template: build\n",
+        "t2",
+        suffix=".yaml",
+    )
+    assert sorted(TaskTemplate.objects.values_list("name", flat=True)) == ["a", "build", "c"]
+    build = TaskTemplate.objects.get(name="build")
+    assert first.tasks.get(key="b").template == build
+    assert {t.key for t in second.tasks.filter(template=build)} == {"b", "d"}
 
 
 def test_durations_fall_back_to_the_median_of_past_successful_runs_then_one():
