@@ -695,15 +695,19 @@ class Engine:
         for line in event.events:
             self._capture(node, "event", line)
         error = None
-        if event.cancelled and event.exit_code != 0:
+        # Killed on purpose: terminated by us, or by the signal that is stopping the run (a
+        # task started at that very moment may not have left the executor's process group).
+        if event.exit_code != 0 and (
+            event.cancelled or (event.exit_code < 0 and (self.stop_reason or self.cancelling))
+        ):
             status = AgentStatus.CANCELLED
-        elif event.timed_out:
-            error = f"timed out after {node.task.timeout_s}s"
-        elif event.exit_code != 0:
-            error = f"exit code {event.exit_code}"
-        elif event.output_error:
-            error = event.output_error
-        if not event.cancelled or event.exit_code == 0:
+        else:
+            if event.timed_out:
+                error = f"timed out after {node.task.timeout_s}s"
+            elif event.exit_code != 0:
+                error = f"exit code {event.exit_code}"
+            elif event.output_error:
+                error = event.output_error
             status = AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
         self.agents_done.append((node.agent, status, event.exit_code, now))
         self._system(
@@ -714,7 +718,7 @@ class Engine:
             return self._settle(
                 node,
                 S.CANCELLED,
-                reason=f"cancelled by {self.cancelled_by or 'signal'}",
+                reason=f"cancelled by {self.cancelled_by or self.stop_reason or 'signal'}",
                 actor=self.cancelled_by,
                 **fields,
             )

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from django.core.management import call_command
 
+from executions.engine import Engine, run_create
 from executions.models import (
     AgentStatus,
     BuildAgentInstance,
@@ -27,9 +28,11 @@ from executions.models import (
     WaveStatus,
     WaveTask,
 )
+from executions.runners.base import Finished, Started
 from tests.conftest import ROOT
 from tests.executions.helpers import agents_peak, assert_audit_replays, pid_alive, wait_for
 from tests.seeds import SEED_003
+from waves.selectors import task_list_get
 
 S = TaskStatus
 
@@ -492,3 +495,46 @@ def test_two_executors_share_a_session_with_exact_peaks(tmp_path, child_env):
     for run in runs:
         assert_audit_replays(run)
         assert WaveTask.objects.filter(execution=run, status=S.SUCCEEDED).count() == 3
+
+
+class InterruptedRunner:
+    """Every attempt dies of SIGINT just as the executor is told to stop: what happens to a
+    task started the moment a terminal's ^C goes out, before it has left the executor's
+    process group (its exit shows the signal, not a terminate of ours)."""
+
+    def __init__(self):
+        self.engine = None
+        self.launched: list[str] = []
+
+    def launch(self, spec):
+        self.launched.append(spec.handle)
+        return Started(spec.handle, 4_000_000, "here")
+
+    def poll(self, timeout):
+        self.engine.request_stop("SIGINT")
+        done, self.launched = self.launched, []
+        return [Finished(handle, -signal.SIGINT) for handle in done]
+
+    def terminate(self, handle):
+        pass
+
+    def terminate_all(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_task_killed_by_the_signal_that_stops_the_run_is_cancelled_not_failed(tmp_path):
+    name = importing(tmp_path, "interrupted", [{"id": "a", "run": "sleep 5"}, {"id": "b", "run": "sleep 5"}])
+    runner = InterruptedRunner()
+    engine = Engine(run_create(task_list_get(name)), runner)
+    runner.engine = engine
+    summary = engine.execute()
+    assert summary.status == RunStatus.CANCELLED
+    assert summary.tasks == {"succeeded": 0, "failed": 0, "skipped": 0, "cancelled": 2}
+    rows = TaskStatusAudit.objects.filter(execution_id=summary.run_id, new_status=S.CANCELLED)
+    assert set(rows.values_list("reason", flat=True)) == {"cancelled by SIGINT"}
+    agents = BuildAgentInstance.objects.filter(execution_id=summary.run_id)
+    assert set(agents.values_list("status", "exit_code")) == {(AgentStatus.CANCELLED, -signal.SIGINT)}
+    assert_audit_replays(ExecutionRun.objects.get(pk=summary.run_id))
