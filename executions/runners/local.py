@@ -1,4 +1,4 @@
-"""Local processes: each attempt is `sh -c COMMAND` in its own process group.
+"""Local processes: each attempt is `sh -c COMMAND` in its own session and process group.
 
 One thread does everything: a selector waits on every running attempt's stdout and
 stderr, lines are cut as they arrive, exits are reaped without blocking, deadlines
@@ -73,10 +73,10 @@ class LocalRunner:
             stderr=subprocess.PIPE,
             env=spec.env,
             cwd=spec.env.get("TIDEWATCH_CWD") or None,
-            # Its own process group (pgid == pid), so a timeout or a cancel reaches all of
-            # it. process_group rather than start_new_session: the latter stops Python
-            # from using vfork, which makes every start about twice as slow.
-            process_group=0,
+            # Its own session and process group (pgid == pid): a timeout or a cancel reaches
+            # all of it, and it has no controlling terminal, so a prompt on /dev/tty (ssh,
+            # git, sudo) fails at once instead of stopping the task in the background.
+            start_new_session=True,
         )
         self._tell_watchdog(f"+{proc.pid}")
         now = time.monotonic()
