@@ -221,7 +221,7 @@ class Engine:
         self.cancelled_by: str | None = None
         self.seq = itertools.count(1)
         self.captured: list[Captured] = []
-        # Work of one turn of the loop, recorded together by _flush_batches().
+        # Work of one turn of the loop: settled by _flush_batches(), written by _record_finished().
         self.to_queue: dict[str, Node] = {}  # insertion-ordered; a step wakes once
         self.succeeded: list[Node] = []
         self.to_record: list[tuple[list[Node], object]] = []  # settled successes, written at turn end
