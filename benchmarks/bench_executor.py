@@ -218,6 +218,16 @@ def executor_available() -> str | None:
 # --- reporting ---------------------------------------------------------------------------------
 
 
+def prerequisites_met(parser: argparse.ArgumentParser) -> bool:
+    """make on PATH (else a usage error), and the executor's commands importable."""
+    if shutil.which("make") is None:
+        parser.error("make is not on PATH")
+    why = executor_available()
+    if why:
+        print(f"The executor is not available: {why}", file=sys.stderr)
+    return not why
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -440,11 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)}")
-    if shutil.which("make") is None:
-        parser.error("make is not on PATH")
-    why = executor_available()
-    if why:
-        print(f"The executor is not available: {why}", file=sys.stderr)
+    if not prerequisites_met(parser):
         return 2
     db = Database(args.database_url)
     print(

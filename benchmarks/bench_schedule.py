@@ -14,7 +14,6 @@ Target: critical_path <= 1.1 x best.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
 from bench_executor import (
@@ -23,10 +22,10 @@ from bench_executor import (
     Database,
     Step,
     critical_path_seconds,
-    executor_available,
     fmt,
     measure,
     measure_make,
+    prerequisites_met,
     table,
     verdict,
 )
@@ -52,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         help="postgres://user@host:port/NAME: run on PostgreSQL, NAME dropped and created for every run",
     )
     args = parser.parse_args(argv)
-    if shutil.which("make") is None:
-        parser.error("make is not on PATH")
-    why = executor_available()
-    if why:
-        print(f"The executor is not available: {why}", file=sys.stderr)
+    if not prerequisites_met(parser):
         return 2
     db = Database(args.database_url)
     steps = dag()

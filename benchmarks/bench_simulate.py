@@ -13,26 +13,20 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
-EXAMPLE_1 = """\
-1 | base | - | auto | - | 10 | Setup
-2 | base | - | auto | backend | 30 | Auth service
-3 | base | - | auto | backend | 30 | User service
-4 | base | - | auto | - | 10 | Backend validation
-5 | base | - | auto | web-features | 30 | Calendar feature (web)
-6 | base | - | auto | web-features | 30 | Tasks feature (web)
-7 | base | - | auto | mobile-features | 30 | Calendar feature (mobile)
-8 | base | - | auto | mobile-features | 30 | Tasks feature (mobile)
-9 | base | - | auto | - | 10 | Integration tests
-"""
+sys.path.insert(0, str(ROOT))
+from tests.seeds import SEED_003  # noqa: E402 - the one copy of the seed's tables
+
+# name -> (pipeline table, critical path minutes, minutes with groups one after another)
 EXAMPLES = {
-    "example-1": (EXAMPLE_1, 90, 120),
-    "example-3": ((ROOT / "examples" / "multi_platform.pipeline").read_text(), 130, 190),
+    "example-1": (SEED_003["example1"][0], 90, 120),
+    "example-3": (SEED_003["example3"][0], 130, 190),
 }
 
 

@@ -135,24 +135,29 @@ def test_ungrouped_tasks_are_serial_steps_and_blocks_are_groups():
     assert (view["done"], view["total"], view["percent"]) == (2, 4, 50)
 
 
-def test_for_each_instances_count_as_steps_of_their_parents_group():
-    tl = task_list("fan", keys=["load", "other"])
-    set_groups(tl, {"loaders": ["load", "other"]})
-    run = run_with_waves(tl, [["load", "other"]])
-    parent = WaveTask.objects.get(execution=run, key="load")
+def instances(run, key: str, count: int) -> None:
+    """Create `count` for_each instances of step `key` (as the executor does at run time)."""
+    parent = WaveTask.objects.get(execution=run, key=key)
     services.wave_tasks_create(
         [
             WaveTask(
                 wave=parent.wave,
                 task=parent.task,
                 execution=run,
-                key=f"load[{i}]",
+                key=f"{key}[{i}]",
                 parent=parent,
                 item_index=i,
             )
-            for i in range(3)
+            for i in range(count)
         ]
     )
+
+
+def test_for_each_instances_count_as_steps_of_their_parents_group():
+    tl = task_list("fan", keys=["load", "other"])
+    set_groups(tl, {"loaders": ["load", "other"]})
+    run = run_with_waves(tl, [["load", "other"]])
+    instances(run, "load", 3)
     finish(run, ["load[0]", "load[1]"])
     move(run, ["load", "load[2]"], TaskStatus.RUNNING)
     [wave] = selectors.run_status_view(run)["waves"]
@@ -164,20 +169,7 @@ def test_for_each_instances_count_as_steps_of_their_parents_group():
 def test_for_each_outside_a_group_shows_its_instances():
     tl = task_list("fan2", keys=["load"])
     run = run_with_waves(tl, [["load"]])
-    parent = WaveTask.objects.get(execution=run, key="load")
-    services.wave_tasks_create(
-        [
-            WaveTask(
-                wave=parent.wave,
-                task=parent.task,
-                execution=run,
-                key=f"load[{i}]",
-                parent=parent,
-                item_index=i,
-            )
-            for i in range(2)
-        ]
-    )
+    instances(run, "load", 2)
     finish(run, ["load[0]"])
     assert "✅" not in run_output(run.pk)
     assert "Step: load (1/2 instances complete)" in run_output(run.pk)
