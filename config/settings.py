@@ -126,6 +126,19 @@ TIDEWATCH = {
     "STALE_AFTER_SECONDS": env_int("TIDEWATCH_STALE_AFTER_SECONDS", 15, minimum=2),
     # Largest transcript entry kept whole; longer lines are cut with a truncation marker.
     "TRANSCRIPT_ENTRY_MAX_BYTES": env_int("TIDEWATCH_TRANSCRIPT_ENTRY_MAX_BYTES", 16384, minimum=64),
+    # What one attempt may leave on record: transcript bytes (stdout and stderr together), lines
+    # of $TIDEWATCH_EVENTS and the size of one of them, and the size of $TIDEWATCH_OUTPUT. What
+    # goes past a cap is counted and dropped, with a truncation marker in the transcript.
+    "TRANSCRIPT_MAX_BYTES": env_int("TIDEWATCH_TRANSCRIPT_MAX_BYTES", 8 * 2**20, minimum=1024),
+    "EVENTS_MAX_LINES": env_int("TIDEWATCH_EVENTS_MAX_LINES", 10_000, minimum=1),
+    "EVENT_LINE_MAX_BYTES": env_int("TIDEWATCH_EVENT_LINE_MAX_BYTES", 65536, minimum=256),
+    "OUTPUT_MAX_BYTES": env_int("TIDEWATCH_OUTPUT_MAX_BYTES", 4 * 2**20, minimum=1024),
+    # Variables of the executor's environment that never reach a task's process (names, or
+    # fnmatch patterns such as AWS_*), on top of DATABASE_URL, SECRET_KEY, REDIS_URL,
+    # CELERY_BROKER_URL, PGPASSWORD and TIDEWATCH_ADMIN_PASSWORD.
+    "ENV_DENY": env_list("TIDEWATCH_ENV_DENY", []),
+    # Largest workflow file or pipeline table import_tasklist (or the API) reads.
+    "IMPORT_MAX_BYTES": env_int("TIDEWATCH_IMPORT_MAX_BYTES", 32 * 2**20, minimum=1024),
     "AUDIT_RETENTION_DAYS": env_int("TIDEWATCH_AUDIT_RETENTION_DAYS", 90, minimum=1),
     "DEFAULT_MAX_PARALLELISM": 4,
 }

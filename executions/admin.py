@@ -2,8 +2,10 @@
 
 Nothing here writes a status: the pages are read-only (statuses change only in
 executions.services), and the actions call services (`step_decide`, `run_request_cancel`).
-Links cross to other apps' changelists by URL name (`admin:<app>_<model>_changelist`) with a
-`?<fk>__id__exact=N` filter, so this module imports no other app's admin or models.
+Links go to changelists by URL name (`admin:<app>_<model>_changelist`) with a
+`?<fk>__id__exact=N` filter. This module links only to pages of this app: the apps that
+depend on it (observability) extend these pages with their own columns and links in their
+own admin modules, so nothing here names or reads them.
 """
 
 from django.contrib import admin, messages
@@ -16,7 +18,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from executions import services
+from executions import selectors, services
 from executions.models import (
     BuildAgentInstance,
     ConcurrentExecutionSession,
@@ -265,9 +267,9 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
 
     @admin.display(description="speedup")
     def speedup(self, obj):
-        if not (obj.wall_seconds and obj.task_seconds):
-            return "-"
-        return f"{obj.task_seconds / obj.wall_seconds:.1f}x"
+        # Task time over the time the run could work: waiting at approval gates is not counted.
+        value = selectors.speedup(obj)
+        return "-" if value is None else f"{value:.2f}x"
 
     @admin.display(description="waves", ordering="wave_count")
     def waves_link(self, obj):
@@ -283,20 +285,20 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
     def session_link(self, obj):
         return change_link("executions_concurrentexecutionsession", obj.session_id, obj.session_id)
 
+    # (changelist `app_model`, text) filtered by the run; other apps' admins extend it.
+    record_links = (
+        ("executions_parallelexecutionwave", "waves"),
+        ("executions_wavetask", "tasks"),
+        ("executions_buildagentinstance", "agents"),
+        ("executions_taskstatusaudit", "status audit"),
+        ("executions_event", "events"),
+    )
+
     @admin.display(description="records of this run")
     def records(self, obj):
-        links = [
-            ("executions_parallelexecutionwave", "waves"),
-            ("executions_wavetask", "tasks"),
-            ("executions_buildagentinstance", "agents"),
-            ("executions_taskstatusaudit", "status audit"),
-            ("executions_event", "events"),
-            ("observability_transcriptentry", "transcript"),
-            ("observability_tooluse", "tool uses"),
-            ("observability_assertionresult", "assertions"),
-            ("observability_skilltrace", "skill traces"),
+        rows = [
+            (changelist_url(label, execution__id__exact=obj.pk), text) for label, text in self.record_links
         ]
-        rows = [(changelist_url(label, execution__id__exact=obj.pk), text) for label, text in links]
         return format_html_join(" · ", '<a href="{}">{}</a>', [r for r in rows if r[0]])
 
     @admin.action(description="Approve waiting steps of selected runs", permissions=["decide"])
@@ -342,15 +344,11 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
 class WaveTaskInline(ReadOnlyInline):
     model = WaveTask
     fk_name = "wave"
-    fields = ("key", "task", "status", "attempt", "started_at", "completed_at", "exit_code", "transcript")
+    fields = ("key", "task", "status", "attempt", "started_at", "completed_at", "exit_code")
     readonly_fields = fields
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("task")
-
-    @admin.display(description="transcript")
-    def transcript(self, obj):
-        return changelist_link("observability_transcriptentry", "transcript", wave_task__id__exact=obj.pk)
 
 
 @admin.register(ParallelExecutionWave)
@@ -365,19 +363,13 @@ class ParallelExecutionWaveAdmin(RecordLinks, ReadOnlyAdmin):
         "duration",
         "tasks_link",
         "agents_link",
-        "transcript_link",
-        "tool_uses_link",
-        "pass_rate",
     )
     list_filter = ("status",)
-    # The wave's counters come from its statistics row (kept by observability's receivers):
-    # one join instead of a COUNT over transcript entries and tool uses per row.
-    list_select_related = ("statistics",)
     search_fields = ("=execution__id",)
     date_hierarchy = "started_at"
     ordering = ("-execution_id", "wave_number")
     inlines = [WaveTaskInline]
-    readonly_fields = ("run", "tasks_link", "agents_link", "transcript_link", "tool_uses_link")
+    readonly_fields = ("run", "tasks_link", "agents_link")
 
     def get_queryset(self, request):
         return (
@@ -386,13 +378,6 @@ class ParallelExecutionWaveAdmin(RecordLinks, ReadOnlyAdmin):
             .annotate(task_count=count_of(WaveTask, "wave"))
             .annotate(agent_count=count_of(BuildAgentInstance, "wave"))
         )
-
-    @staticmethod
-    def _stat(obj, name):
-        try:
-            return getattr(obj.statistics, name)
-        except ParallelExecutionWave.statistics.RelatedObjectDoesNotExist:
-            return None
 
     @admin.display(description="duration")
     def duration(self, obj):
@@ -405,24 +390,6 @@ class ParallelExecutionWaveAdmin(RecordLinks, ReadOnlyAdmin):
     @admin.display(description="agents", ordering="agent_count")
     def agents_link(self, obj):
         return changelist_link("executions_buildagentinstance", obj.agent_count, wave__id__exact=obj.pk)
-
-    @admin.display(description="transcript")
-    def transcript_link(self, obj):
-        count = self._stat(obj, "transcript_entry_count")
-        text = "entries" if count is None else f"{count} entries"
-        return changelist_link("observability_transcriptentry", text, wave__id__exact=obj.pk)
-
-    @admin.display(description="tool uses")
-    def tool_uses_link(self, obj):
-        count = self._stat(obj, "tool_use_count")
-        errors = self._stat(obj, "tool_error_count")
-        text = "tool uses" if count is None else f"{count} ({errors} errors)"
-        return changelist_link("observability_tooluse", text, wave__id__exact=obj.pk)
-
-    @admin.display(description="pass rate")
-    def pass_rate(self, obj):
-        rate = self._stat(obj, "pass_rate")
-        return "-" if rate is None else f"{rate:.0%}"
 
 
 class AuditInline(ReadOnlyInline):
@@ -462,7 +429,6 @@ class WaveTaskAdmin(DecidePermission, RecordLinks, ReadOnlyAdmin):
         "duration",
         "exit_code",
         "approval",
-        "transcript",
         "agents_link",
     )
     list_filter = ("status", ApprovalFilter)
@@ -471,7 +437,7 @@ class WaveTaskAdmin(DecidePermission, RecordLinks, ReadOnlyAdmin):
     search_fields = ("key", "task__title", "task__display_id", "=execution__id")
     ordering = ("-execution_id", "wave__wave_number", "id")
     inlines = [AuditInline]
-    readonly_fields = ("run", "transcript", "tool_uses", "agents_link")
+    readonly_fields = ("run", "agents_link")
     actions = ["approve_steps", "reject_steps"]
 
     @admin.display(description="title", ordering="task__title")
@@ -487,14 +453,6 @@ class WaveTaskAdmin(DecidePermission, RecordLinks, ReadOnlyAdmin):
         if not obj.approval_decision:
             return "waiting" if obj.status == TaskStatus.WAITING_APPROVAL else "-"
         return f"{obj.approval_decision} by {obj.approved_by}"
-
-    @admin.display(description="transcript")
-    def transcript(self, obj):
-        return changelist_link("observability_transcriptentry", "transcript", wave_task__id__exact=obj.pk)
-
-    @admin.display(description="tool uses")
-    def tool_uses(self, obj):
-        return changelist_link("observability_tooluse", "tool uses", wave_task__id__exact=obj.pk)
 
     @admin.display(description="agents")
     def agents_link(self, obj):
@@ -524,16 +482,11 @@ class BuildAgentInstanceAdmin(RecordLinks, LargeTableAdmin):
         "hostname",
         "pid",
         "exit_code",
-        "transcript",
     )
     list_filter = ("status",)
     list_select_related = ("wave", "wave_task")
     search_fields = ("=instance_id", "hostname", "wave_task__key")
     ordering = ("-started_at",)
-
-    @admin.display(description="transcript")
-    def transcript(self, obj):
-        return changelist_link("observability_transcriptentry", "transcript", agent__id__exact=obj.pk)
 
 
 # --- records: the status audit and the event log ---------------------------------------------

@@ -1,181 +1,58 @@
-"""The parallel executor.
+"""The parallel executor: a loop around the scheduler and a runner.
 
-`run_create()` lays a run out (waves from the DAG, one wave task per step, carried-over
-results for a resume); `Engine(run, runner).execute()` runs it. Scheduling is
-DAG-greedy: a step starts as soon as its own dependencies are done and a slot is free,
-the ready step with the longest remaining path first. One thread owns the loop: it asks
-the runner for output and exits, records them, decides what became ready, launches.
-Every status change goes through `executions.services.transition()`.
+`Engine(run, runner).execute()` claims a laid-out run (executions.services.run_start /
+run_resume) and runs it. Each turn of the loop, in one transaction: what the runner
+reported (attempts started, lines printed, attempts ended) goes to the scheduler, which
+answers with decisions; requests from other processes (cancel, approvals) are read; the
+scheduler fills the free slots; the engine starts those attempts at once, then records
+every decision of the turn (executions.transitions: status, audit and event together).
+Attempts start before the turn's records are written, so a success unblocks its
+dependents as early as possible; the records still read in time order.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import json
-import os
-import re
+import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from executions import services
+from executions import ownership, services
 from executions.capture import Captured
-from executions.models import (
-    AgentStatus,
-    Backend,
-    BuildAgentInstance,
-    ExecutionRun,
-    ParallelExecutionWave,
-    RunStatus,
-    TaskStatus,
-    WaveStatus,
-    WaveTask,
-)
-from executions.resolve import ResolveError, evaluate, render_command, resolve_value
-from executions.runners.base import Finished, LaunchSpec, Output, Runner
+from executions.errors import OwnershipLost, ServiceError
+from executions.models import AgentStatus, ExecutionRun, RunStatus, TaskStatus, WaveTask
+from executions.resolve import ResolveError, render_command, resolve_value
+from executions.runners.base import Finished, LaunchSpec, Output, Runner, Started
+from executions.scheduler import Expand, Gate, Launch, Queue, Scheduler, Settle
 from executions.signals import output_captured
-from waves import dag, selectors
-from waves.models import JoinPolicy, Task, TaskDependency, TaskList
+from executions.steps import Node, load_steps, safe  # noqa: F401 (safe: used by callers)
+from executions.writes import Writes
+from waves import dag
 
 S = TaskStatus
 TERMINAL = S.terminal()
 CANCEL_POLL_SECONDS = 0.2
 APPROVAL_POLL_SECONDS = 0.3
+log = logging.getLogger(__name__)
 
 
-class EngineError(Exception):
+def when(at: float | None, default: datetime) -> datetime:
+    """A runner's time.time() as an aware datetime (its report's own time when it gave one)."""
+    return datetime.fromtimestamp(at, UTC) if at is not None else default
+
+
+class EngineError(ServiceError):
     """A run that cannot start; the message says why."""
 
 
-def _safe(key: str) -> str:
-    """A step key as a file and instance-id fragment."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-
-
-# --- laying a run out --------------------------------------------------------------------------
-
-
-def run_create(
-    task_list: TaskList,
-    *,
-    max_parallelism: int | None = None,
-    backend: str = Backend.LOCAL,
-    simulate: float | None = None,
-    schedule: str = "critical_path",
-    resume_of: ExecutionRun | None = None,
-) -> ExecutionRun:
-    """Create the run, its waves and its wave tasks (each audited from no status)."""
-    tasks = list(task_list.tasks.select_related("template", "parent"))
-    if not simulate:
-        missing = [t.key for t in tasks if t.kind != Task.Kind.GROUP and not t.command.strip()]
-        if missing:
-            raise EngineError(
-                f"step(s) {', '.join(missing[:5])} have no command: import with --command-template or run with --simulate"
-            )
-    nodes, edges = selectors.task_list_graph(task_list)
-    analysis = dag.analyze(nodes, edges)
-    old: dict[str, WaveTask] = {}
-    old_instances: dict[str, list[WaveTask]] = defaultdict(list)  # for_each step key -> its instances
-    if resume_of is not None:
-        for wt in WaveTask.objects.filter(execution=resume_of).order_by("id"):
-            old[wt.key] = wt
-            if wt.parent_id:
-                old_instances[wt.key.rsplit("[", 1)[0]].append(wt)
-    with transaction.atomic():
-        run = ExecutionRun.objects.create(
-            task_list=task_list,
-            backend=backend,
-            max_parallelism=max_parallelism
-            or task_list.max_parallelism
-            or settings.TIDEWATCH["DEFAULT_MAX_PARALLELISM"],
-            simulate_scale=simulate,
-            schedule=schedule,
-            resumed_from=resume_of,
-            attempt=resume_of.attempt + 1 if resume_of else 1,
-        )
-        waves = ParallelExecutionWave.objects.bulk_create(
-            [
-                ParallelExecutionWave(execution=run, wave_number=n, max_parallelism=run.max_parallelism)
-                for n in range(1, len(analysis.waves) + 1)
-            ]
-        )
-        by_key = {t.key: t for t in tasks}
-        rows, instance_rows = [], []
-        for number, keys in enumerate(analysis.waves):
-            for key in keys:
-                row = _carry(
-                    WaveTask(wave=waves[number], task=by_key[key], execution=run, key=key), old.get(key)
-                )
-                rows.append(row)
-                for old_wt in old_instances.get(key, ()):
-                    instance_rows.append(
-                        _carry(
-                            WaveTask(
-                                wave=waves[number],
-                                task=by_key[key],
-                                execution=run,
-                                key=old_wt.key,
-                                item_index=old_wt.item_index,
-                                item=old_wt.item,
-                            ),
-                            old_wt,
-                        )
-                    )
-        reason = f"carried over from run {resume_of.pk}" if resume_of else None
-        created = services.wave_tasks_create(rows, reason=reason)
-        parents = {wt.key: wt for wt in created}
-        for row in instance_rows:
-            row.parent = parents[row.key.rsplit("[", 1)[0]]
-        services.wave_tasks_create(instance_rows, reason=reason)
-    return run
-
-
-def _carry(row: WaveTask, old: WaveTask | None) -> WaveTask:
-    """A resume keeps what succeeded (never re-run) and approvals already given."""
-    if old is None:
-        return row
-    if old.status == S.SUCCEEDED:
-        row.status = S.SUCCEEDED
-        row.outputs, row.exit_code, row.attempt = old.outputs, old.exit_code, old.attempt
-        row.started_at, row.completed_at = old.started_at, old.completed_at
-    if old.approval_decision == "approved":
-        row.approval_decision, row.approved_at, row.approved_by = "approved", old.approved_at, old.approved_by
-    return row
-
-
-# --- running it ----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Node:
-    wt: WaveTask
-    task: Task
-    deps: list[str]
-    groups: list[str]  # enclosing parallel blocks, innermost first
-    priority: float
-    order: int
-    parent: str | None = None  # the for_each step of an instance
-    instances: list[str] | None = None  # the instances of an expanded for_each step
-    iteration: int = 1
-    tries: int = 0
-    handle: str | None = None
-    agent: BuildAgentInstance | None = None
-    started: float = 0.0
-    seconds: float = 0.0  # time spent running, all attempts
-    not_before: float = 0.0
-
-
-@dataclass(eq=False)
-class Group:
-    task: Task
-    children: list[str]
-    status: str | None = None
+class EngineCrash(Exception):
+    """The loop failed on something it could not recover from; the run is closed as failed."""
 
 
 @dataclass
@@ -184,6 +61,7 @@ class Summary:
     status: str
     wall_seconds: float
     task_seconds: float
+    gate_wait_seconds: float
     speedup: float
     critical_path_seconds: float
     waves: int
@@ -196,6 +74,7 @@ class Summary:
             "status": self.status,
             "wall_seconds": round(self.wall_seconds, 3),
             "task_seconds": round(self.task_seconds, 3),
+            "gate_wait_seconds": round(self.gate_wait_seconds, 3),
             "speedup": round(self.speedup, 2),
             "critical_path_seconds": round(self.critical_path_seconds, 3),
             "waves": self.waves,
@@ -204,751 +83,281 @@ class Summary:
         }
 
 
-@dataclass
-class _WaveState:
-    wave: ParallelExecutionWave
-    keys: set = field(default_factory=set)
-    done: int = 0
-
-
 class Engine:
     def __init__(self, run: ExecutionRun, runner: Runner, *, progress=None):
         self.run = run
         self.runner = runner
         self.progress = progress
-        self.stop_reason: str | None = None  # set by a signal handler: cancel
-        self.cancelling = False
-        self.cancelled_by: str | None = None
+        self.stop_reason: str | None = None  # set by a signal handler
         self.seq = itertools.count(1)
         self.captured: list[Captured] = []
-        # Work of one turn of the loop: settled by _flush_batches(), written by _record_finished().
-        self.to_queue: dict[str, Node] = {}  # insertion-ordered; a step wakes once
-        self.succeeded: list[Node] = []
-        self.to_record: list[tuple[list[Node], object]] = []  # settled successes, written at turn end
-        self.agents_done: list[tuple] = []  # (agent, status, exit code, when)
-        self.waves_done: list[tuple[_WaveState, object]] = []
-        self.ready: list = []  # heap of (-priority, order, key): ready, waiting for a slot
-        self.unqueued: list[Node] = []  # ready this turn, still pending until _dispatch
-        self.delayed: list[Node] = []
-        self.waiting: dict[int, Node] = {}  # wave task pk -> gate waiting for approval
         self.by_handle: dict[str, Node] = {}
-        self.running_by_template: dict[int, int] = defaultdict(int)
-        self.running_by_group: dict[str, int] = defaultdict(int)
-        self.peak = 0
         self.task_seconds = 0.0
-        self.next_heartbeat = self.next_cancel_check = self.next_approval_check = 0.0
+        self.gate_wait = 0.0
+        self.idle_since: float | None = None
+        self.peak = 0
+        self.next_cancel_check = self.next_approval_check = 0.0
         self.t_end: float | None = None
-        # One directory per attempt under the run's: $TIDEWATCH_OUTPUT, inputs, events.
-        self.work_root = Path(settings.TIDEWATCH["WORK_DIR"]) / f"run-{run.pk}"
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        self._load()
-
-    # --- loading -----------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        tl = self.run.task_list
-        tasks = {t.pk: t for t in tl.tasks.select_related("template")}
-        by_key = {t.key: t for t in tasks.values()}
-        deps: dict[str, list[str]] = defaultdict(list)
-        for task_key, dep_key in TaskDependency.objects.filter(task__task_list=tl).values_list(
-            "task__key", "depends_on__key"
-        ):
-            deps[task_key].append(dep_key)
-        nodes, edges = selectors.task_list_graph(tl)
-        self._edges = edges
-        durations = (
-            selectors.task_durations(tl)
-            if not self.run.simulate_scale
-            else {k: by_key[k].estimated_minutes or 1.0 for k in nodes}
-        )
-        self.analysis = dag.analyze(nodes, edges, durations)
-        self.durations = durations
-        order = {k: i for i, k in enumerate(nodes)}
-        fifo = self.run.schedule == "fifo"
-
-        def enclosing(task: Task) -> list[str]:
-            out, parent_id = [], task.parent_id
-            while parent_id:
-                out.append(tasks[parent_id].key)
-                parent_id = tasks[parent_id].parent_id
-            return out
-
-        children: dict[int, list[str]] = defaultdict(list)
-        for t in tasks.values():
-            if t.parent_id:
-                children[t.parent_id].append(t.key)
-        self.groups = {t.key: Group(t, children[t.pk]) for t in tasks.values() if t.kind == Task.Kind.GROUP}
-        self.nodes: dict[str, Node] = {}
-        self.waves: dict[int, _WaveState] = {}
-        wave_tasks = list(WaveTask.objects.filter(execution=self.run).select_related("wave").order_by("id"))
-        for wt in wave_tasks:
-            task = tasks[wt.task_id]
-            wt.task = task
-            self.waves.setdefault(wt.wave_id, _WaveState(wt.wave)).keys.add(wt.key)
-            base = wt.key if wt.parent_id is None else wt.key.rsplit("[", 1)[0]
-            self.nodes[wt.key] = Node(
-                wt=wt,
-                task=task,
-                deps=deps.get(task.key, []) if wt.parent_id is None else [],
-                groups=enclosing(task),
-                priority=0.0 if fifo else self.analysis.remaining.get(base, 0.0),
-                order=order.get(base, 0) * 100000 + (wt.item_index or 0),
-                parent=base if wt.parent_id else None,
-            )
-        for node in self.nodes.values():
-            if node.parent:
-                parent = self.nodes[node.parent]
-                if parent.instances is None:
-                    parent.instances = []
-                parent.instances.append(node.wt.key)
-        # Steps not final yet; _settled() is the one place a step becomes final.
-        self.open = sum(1 for n in self.nodes.values() if n.wt.status not in TERMINAL)
-        self.dependents: dict[str, list[str]] = defaultdict(list)
+        loaded = load_steps(run)
+        self.nodes: dict[str, Node] = {k: Node(wt, task) for k, (wt, task) in loaded.rows.items()}
         for key, node in self.nodes.items():
-            for dep in node.deps:
-                self.dependents[dep].append(key)
-        self.steps_ctx = {
-            key: {"outputs": n.wt.outputs, "status": n.wt.status}
-            for key, n in self.nodes.items()
-            if not n.parent
-        }
-        for wave_state in self.waves.values():
-            wave_state.done = sum(1 for k in wave_state.keys if self.nodes[k].wt.status in TERMINAL)
-        for key in self.groups:
-            self._group_settle(key)
+            if node.wt.parent_id:
+                self.nodes[key.rsplit("[", 1)[0]].instances.append(key)
+        self.sched = Scheduler(loaded.steps, loaded.groups, max_parallelism=run.max_parallelism)
+        self.edges, self.durations = loaded.edges, loaded.durations
+        self.writes = Writes(run, self.nodes)
 
     # --- the loop ------------------------------------------------------------------------------
 
     def execute(self) -> Summary:
-        now = timezone.now()
-        host, pid = services.executor_identity()
         self.t0 = time.monotonic()
-        with transaction.atomic():
-            services.run_update(
-                self.run,
-                status=RunStatus.RUNNING,
-                started_at=now,
-                executor_hostname=host,
-                executor_pid=pid,
-                executor_heartbeat=now,
-                now=now,
-            )
-            session = services.session_join(self.run, now)
-            services.session_count(session.pk, waves=len(self.waves), tasks=len(self.nodes))
-        self.next_heartbeat = self.t0 + settings.TIDEWATCH["HEARTBEAT_SECONDS"]  # just written
         try:
-            events = None
-            while True:
-                # One transaction per turn: what came back, what it made ready, and the
-                # launches that follow, committed together (services.batch() gathers the
-                # event-log rows and session counters of the turn into one write each).
-                with transaction.atomic(), services.batch():
-                    if events is None:
-                        self._decide_startable()
-                    for event in events or ():
-                        if isinstance(event, Output):
-                            self._output(event)
-                        else:
-                            self._finished(event)
-                    self._flush_batches()  # before _tick: a cancel must see every success
-                    self._tick()
-                    self._flush_batches()
-                    self._dispatch()
-                    self._record_finished()
-                    self._flush()
-                if not self._unfinished():
-                    # The run ends with its last record; stopping the watchdog is not part of it.
-                    self.t_end = time.monotonic()
-                    break
-                timeout = 0.05 if self.by_handle or self.delayed or self.waiting else 0.2
-                events = self.runner.poll(timeout)
-                if self.progress:
-                    self.progress(self)
+            self._claim()
+        except BaseException:
+            self.runner.close()
+            raise
+        self.heartbeat = ownership.Heartbeat(self.run)
+        self.heartbeat.start()
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._crash(exc)
+            raise EngineCrash(f"run {self.run.pk} failed: the executor stopped on {type(exc).__name__}: {exc}") from exc
         finally:
+            self.heartbeat.stop()
             self.runner.close()
         return self._close()
 
-    def _decide_startable(self) -> None:
-        """At the start: decide every top-level step whose dependencies are settled."""
-        for node in list(self.nodes.values()):
-            if node.wt.status in (S.PENDING, S.QUEUED, S.WAITING_APPROVAL) and not node.parent:
-                if all(self._outcome(d) is not None for d in node.deps):
-                    self._decide(node)
-
-    def request_stop(self, reason: str) -> None:
-        """Called from a signal handler: cancel at the next turn of the loop."""
-        self.stop_reason = reason
-
-    def _unfinished(self) -> bool:
-        return bool(self.by_handle) or self.open > 0
-
-    def _full(self) -> bool:
-        return len(self.by_handle) >= self.run.max_parallelism
-
-    # --- deciding what is ready ------------------------------------------------------------------
-
-    def _outcome(self, key: str) -> str | None:
-        """The status of a dependency once it is settled, else None."""
-        if key in self.groups:
-            return self.groups[key].status
-        status = self.nodes[key].wt.status
-        return status if status in TERMINAL else None
-
-    def _decide(self, node: Node) -> None:
-        """All dependencies of a pending step are settled: run it, skip it, or gate it."""
-        outcomes = {d: self._outcome(d) for d in node.deps}
-        policy = node.task.join_policy
-        if self.cancelling:
-            return
-        if policy == JoinPolicy.ALL:
-            bad = [d for d, s in outcomes.items() if s != S.SUCCEEDED]
-            if bad:
-                return self._settle(node, S.SKIPPED, reason=f"dependency {bad[0]} {outcomes[bad[0]]}")
-        elif policy == JoinPolicy.ANY and outcomes and S.SUCCEEDED not in outcomes.values():
-            return self._settle(node, S.SKIPPED, reason="no dependency succeeded")
-        if node.task.condition:
-            try:
-                if not evaluate(node.task.condition, self._context(node)):
-                    return self._settle(node, S.SKIPPED, reason="condition false")
-            except ResolveError as exc:
-                return self._settle(node, S.FAILED, reason="condition error", error=str(exc))
-        if node.task.approval and node.wt.status != S.QUEUED:
-            decision = (
-                WaveTask.objects.filter(pk=node.wt.pk).values_list("approval_decision", "approved_by").get()
-            )
-            if decision[0] == "rejected":
-                return self._settle(
-                    node, S.FAILED, reason="rejected", error=f"rejected by {decision[1]}", actor=decision[1]
-                )
-            if decision[0] != "approved":
-                if node.wt.status != S.WAITING_APPROVAL:
-                    services.transition(node.wt, S.WAITING_APPROVAL, reason="waiting for approval")
-                self.waiting[node.wt.pk] = node
-                return
-        if node.task.for_each is not None and not node.parent:
-            return self._expand(node)
-        self._queue(node)
-
-    def _queue(self, node: Node, reason: str | None = None) -> None:
-        """Make a step ready. Without a reason it joins this turn's batch (see _flush_batches
-        and _dispatch); a retry is recorded as queued at once, with its reason."""
-        if reason is None:
-            if node.wt.key not in self.to_queue:
-                self.to_queue[node.wt.key] = node
-            return
-        services.transition(node.wt, S.QUEUED, reason=reason)
-        heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
-
-    def _flush_batches(self) -> None:
-        """Settle this turn's successes and make ready what they woke.
-
-        Successes count at once in memory, but their rows (and the closed agents') are
-        written by _record_finished after _dispatch, in the same transaction: the steps
-        they unblock start first. A ready step stays pending here: _dispatch launches what
-        fits (pending -> running) and records the rest as queued, waiting for a slot."""
-        if self.succeeded:
-            now = timezone.now()
-            nodes, self.succeeded = self.succeeded, []
-            for node in nodes:
-                node.wt.status, node.wt.error, node.wt.completed_at = S.SUCCEEDED, "", now
-            self.to_record.append((nodes, now))
-            for node in nodes:
-                self._settled(node, now)
-        if self.to_queue:
-            nodes, self.to_queue = list(self.to_queue.values()), {}
-            for node in nodes:
-                heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
-            self.unqueued += [n for n in nodes if n.wt.status == S.PENDING]
-
-    def _record_finished(self) -> None:
-        """Write the agents closed, the successes settled and the waves completed in this
-        turn (see _flush_batches)."""
-        if self.agents_done:
-            done, self.agents_done = self.agents_done, []
-            services.agents_finish([d[:3] for d in done], min(d[3] for d in done))
-        for nodes, now in self.to_record:
-            services.transition(
-                [n.wt for n in nodes],
-                S.SUCCEEDED,
-                now=now,
-                error="",
-                completed_at=now,
-                own_fields=["outputs", "exit_code"],
-            )
-        self.to_record = []
-        for state, now in self.waves_done:
-            self._wave_completed(state, now)
-        self.waves_done = []
-
-    def _expand(self, node: Node) -> None:
-        """for_each: one instance per item, in the step's wave, created at run time."""
-        if node.instances is None:
-            try:
-                items = node.task.for_each
-                if isinstance(items, str):
-                    items = resolve_value(items, self._context(node))
-            except ResolveError as exc:
-                return self._settle(node, S.FAILED, reason="for_each error", error=str(exc))
-            if not isinstance(items, list):
-                return self._settle(
-                    node,
-                    S.FAILED,
-                    reason="for_each error",
-                    error=f"for_each of {node.wt.key} must be a list, got {type(items).__name__}: {json.dumps(items)[:200]}",
-                )
-            rows = [
-                WaveTask(
-                    wave=node.wt.wave,
-                    task=node.task,
-                    execution=self.run,
-                    key=f"{node.wt.key}[{i}]",
-                    parent=node.wt,
-                    item_index=i,
-                    item=item,
-                )
-                for i, item in enumerate(items)
-            ]
-            created = services.wave_tasks_create(rows, reason=f"for_each instance of {node.wt.key}")
-            services.session_count(self.run.session_id, tasks=len(created))
-            node.instances = []
-            state = self.waves[node.wt.wave_id]
-            for wt in created:
-                wt.task = node.task
-                wt.wave = node.wt.wave
-                self.nodes[wt.key] = Node(
-                    wt=wt,
-                    task=node.task,
-                    deps=[],
-                    groups=node.groups,
-                    priority=node.priority,
-                    order=node.order + wt.item_index,
-                    parent=node.wt.key,
-                )
-                node.instances.append(wt.key)
-                state.keys.add(wt.key)
-            self.open += len(created)
+    def _claim(self) -> None:
         now = timezone.now()
-        services.transition(
-            node.wt, S.RUNNING, reason=f"for_each over {len(node.instances)} items", now=now, started_at=now
-        )
-        self._wave_started(node, now)
-        for key in node.instances:
-            inst = self.nodes[key]
-            if inst.wt.status not in TERMINAL:
-                self._queue(inst)
-        self._fanout_settle(node)
+        services.reap_abandoned_runs()  # a session counts only live work
+        with transaction.atomic():
+            ownership.run_claim(self.run, now)
+            session = services.session_join(self.run, now)
+            services.session_count(session.pk, waves=len(self.writes.waves), tasks=len(self.nodes))
 
-    # --- launching ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        events = None
+        while True:
+            with transaction.atomic(), services.batch():
+                self.now = timezone.now()
+                if events is None:
+                    self._apply(self.sched.start())
+                    self.writes.waves_settled_at_start(self.now)
+                for event in events or ():
+                    self._event(event)
+                self._tick()
+                self._dispatch()
+                self._flush()
+            if not (self.sched.unfinished or self.by_handle):
+                self.t_end = time.monotonic()
+                return
+            self._idle_on_gates(time.monotonic())
+            busy = self.by_handle or self.sched.delayed or self.sched.waiting
+            events = self.runner.poll(0.05 if busy else 0.2)
+            if self.progress:
+                self.progress(self)
 
     def _dispatch(self) -> None:
-        if self.cancelling or self.stop_reason:
-            return
-        now_mono = time.monotonic()
-        for node in [n for n in self.delayed if n.not_before <= now_mono]:
-            self.delayed.remove(node)
-            heapq.heappush(self.ready, (-node.priority, node.order, node.wt.key))
-        blocked, launch = [], []
-        free = self.run.max_parallelism - len(self.by_handle)
-        while self.ready and len(launch) < free:
-            entry = heapq.heappop(self.ready)
-            node = self.nodes[entry[2]]
-            if node.wt.status not in (S.QUEUED, S.PENDING) or node in launch:
-                continue
-            if self._limited(node):
-                blocked.append(entry)
-                continue
-            self._reserve(node, +1)
-            launch.append(node)
-        for entry in blocked:
-            heapq.heappush(self.ready, entry)
-        if launch:
-            self._launch(launch)
-        if self.unqueued:
-            waiting, self.unqueued = self.unqueued, []
-            services.transition([n.wt for n in waiting if n.wt.status == S.PENDING], S.QUEUED)
+        """Fill the free slots, start those attempts, then write the turn's records (a gate
+        found already decided can free more work: go round until nothing changes)."""
+        while True:
+            if not (self.sched.cancelling or self.stop_reason):
+                self.now_launch = timezone.now()
+                self._apply(self.sched.dispatch(time.monotonic()))
+            more = self.writes.flush(self._gate_found_decided)
+            if self.peak < len(self.by_handle):
+                self.peak = len(self.by_handle)
+                services.run_update(self.run, peak_concurrency=self.peak, now=self.now)
+            if not more:
+                return
 
-    def _limited(self, node: Node) -> bool:
-        limit = node.task.template.max_concurrency
-        if limit and self.running_by_template[node.task.template_id] >= limit:
-            return True
-        scopes = [(g, self.groups[g].task.max_parallelism) for g in node.groups]
-        if node.parent:
-            scopes.append((node.parent, node.task.max_parallelism))
-        return any(limit and self.running_by_group[g] >= limit for g, limit in scopes)
+    # --- what the runner reports ------------------------------------------------------------------
 
-    def _reserve(self, node: Node, delta: int) -> None:
-        self.running_by_template[node.task.template_id] += delta
-        for g in node.groups + ([node.parent] if node.parent else []):
-            self.running_by_group[g] += delta
-
-    def _launch(self, nodes: list[Node]) -> None:
-        now = timezone.now()
-        specs = []
-        for node in nodes:
-            node.wt.attempt += 1
-            node.tries += 1
-            try:
-                specs.append((node, self._spec(node)))
-            except ResolveError as exc:
-                self._reserve(node, -1)
-                self._settle(node, S.FAILED, reason="input error", error=str(exc))
-        # Every spec is ready before the first start, so steps launched together start
-        # together (and, alike, end together: one turn records them all).
-        agents, started = [], []
-        for node, spec in specs:
-            start = self.runner.launch(spec)
-            node.handle, node.started = spec.handle, time.monotonic()
-            self.by_handle[spec.handle] = node
-            agents.append(
-                BuildAgentInstance(
-                    instance_id=f"r{self.run.pk}-{_safe(node.wt.key)}-a{node.wt.attempt}",
-                    execution=self.run,
-                    wave_id=node.wt.wave_id,
-                    task=node.task,
-                    wave_task=node.wt,
-                    attempt=node.wt.attempt,
-                    started_at=now,
-                    last_heartbeat=now,
-                    hostname=start.hostname,
-                    pid=start.pid,
-                )
-            )
-            started.append((node, start))
-        batches: dict[tuple[str, int], list[WaveTask]] = defaultdict(list)
-        for agent, (node, _) in zip(services.agents_start(agents, now), started, strict=True):
-            node.agent = agent
-            label = f"iteration {node.iteration}, " if node.task.repeat else ""
-            batches[(f"{label}attempt {node.wt.attempt}", node.wt.attempt)].append(node.wt)
-        for (reason, attempt), wave_tasks in batches.items():
-            services.transition(
-                wave_tasks,
-                S.RUNNING,
-                now=now,
-                reason=reason,
-                started_at=now,
-                attempt=attempt,
-                completed_at=None,
-                exit_code=None,
-            )
-        for node, start in started:
-            self._wave_started(node, now)
-            self._system(node, f"attempt {node.wt.attempt} started: pid {start.pid} on {start.hostname}")
-        self.peak = max(self.peak, len(self.by_handle))
-        if self.run.peak_concurrency < self.peak:
-            self.run.peak_concurrency = self.peak
-            ExecutionRun.objects.filter(pk=self.run.pk).update(peak_concurrency=self.peak)
-
-    def _spec(self, node: Node) -> LaunchSpec:
-        ctx = self._context(node)
-        task = node.task
-        if self.run.simulate_scale:
-            seconds = (task.estimated_minutes or self.durations.get(task.key, 1.0)) * self.run.simulate_scale
-            command = f"sleep {seconds:.3f}"
-        else:
-            command = render_command(task.command, ctx)
-        inputs = resolve_value(task.inputs or {}, ctx)
-        extra_env = {
-            k: str(v) if isinstance(v, str) else json.dumps(v)
-            for k, v in resolve_value(task.env or {}, ctx).items()
-        }
-        work_dir = self.work_root / f"{_safe(node.wt.key)}.attempt-{node.wt.attempt}"
-        work_dir.mkdir(exist_ok=True)
-        (work_dir / "inputs.json").write_text(json.dumps(inputs))
-        env = {**os.environ, **extra_env}
-        for name, value in inputs.items():
-            env[f"TIDEWATCH_INPUT_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}"] = (
-                value if isinstance(value, str) else json.dumps(value)
-            )
-        env.update(
-            TIDEWATCH_RUN_ID=str(self.run.pk),
-            TIDEWATCH_STEP=node.wt.key,
-            TIDEWATCH_ATTEMPT=str(node.wt.attempt),
-            TIDEWATCH_ITERATION=str(node.iteration),
-            TIDEWATCH_OUTPUT=str(work_dir / "output.json"),
-            TIDEWATCH_INPUTS=str(work_dir / "inputs.json"),
-            TIDEWATCH_EVENTS=str(work_dir / "events.jsonl"),
-        )
-        if node.parent:
-            env["TIDEWATCH_ITEM"] = json.dumps(node.wt.item)
-        return LaunchSpec(f"{node.wt.key}#{node.wt.attempt}", command, env, work_dir, task.timeout_s)
-
-    def _context(self, node: Node) -> dict:
-        ctx = {"steps": self.steps_ctx, "iteration": node.iteration}
-        if node.parent:
-            ctx["item"] = node.wt.item
-        return ctx
-
-    # --- what comes back ---------------------------------------------------------------------------
-
-    def _output(self, event: Output) -> None:
+    def _event(self, event) -> None:
         node = self.by_handle.get(event.handle)
-        if node:
-            self._capture(node, event.stream, event.text)
+        if node is None:
+            return
+        if isinstance(event, Started):
+            node.agent = self.writes.agent_started(node, event, when(event.at, self.now))
+            self._system(node, f"attempt {node.wt.attempt} started: pid {event.pid} on {event.hostname}")
+        elif isinstance(event, Output):
+            self._capture(node, "system" if event.stream == "system" else event.stream, event.text)
+        elif isinstance(event, Finished):
+            self._finished(node, event)
 
-    def _finished(self, event: Finished) -> None:
-        node = self.by_handle.pop(event.handle)
-        self._reserve(node, -1)
-        now = timezone.now()
+    def _finished(self, node: Node, event: Finished) -> None:
+        del self.by_handle[event.handle]
         seconds = time.monotonic() - node.started
         self.task_seconds += seconds
         node.seconds += seconds
         for line in event.events:
             self._capture(node, "event", line)
+        stopping = self.stop_reason or self.sched.cancelling
+        killed = event.exit_code is not None and event.exit_code < 0 and stopping
+        cancelled = event.exit_code != 0 and (event.cancelled or bool(killed))
         error = None
-        # Killed on purpose: terminated by us, or by the signal that is stopping the run (a
-        # task started at that very moment may not have left the executor's process group).
-        if event.exit_code != 0 and (
-            event.cancelled or (event.exit_code < 0 and (self.stop_reason or self.cancelling))
-        ):
-            status = AgentStatus.CANCELLED
-        else:
-            if event.timed_out:
+        if not cancelled:
+            if event.error:
+                error = event.error
+            elif event.timed_out:
                 error = f"timed out after {node.task.timeout_s}s"
             elif event.exit_code != 0:
                 error = f"exit code {event.exit_code}"
             elif event.output_error:
                 error = event.output_error
-            status = AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
-        self.agents_done.append((node.agent, status, event.exit_code, now))
-        self._system(
-            node, f"attempt {node.wt.attempt} {'failed: ' + error if error else status} after {seconds:.2f}s"
-        )
-        fields = {"exit_code": event.exit_code, "completed_at": now}
-        if status == AgentStatus.CANCELLED:
-            return self._settle(
-                node,
-                S.CANCELLED,
-                reason=f"cancelled by {self.cancelled_by or self.stop_reason or 'signal'}",
-                actor=self.cancelled_by,
-                **fields,
+        status = AgentStatus.CANCELLED if cancelled else AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
+        if node.agent is not None:
+            ended = max(when(event.at, self.now), node.agent.started_at)
+            self.writes.agent_finished(node.agent, status, event.exit_code, ended)
+        outcome = f"failed: {error}" if error else status
+        self._system(node, f"attempt {node.wt.attempt} {outcome} after {seconds:.2f}s")
+        node.wt.exit_code = event.exit_code
+        self._apply(
+            self.sched.finished(
+                node.wt.key,
+                error=error,
+                cancelled=cancelled,
+                retry=not event.error,  # a command that cannot start will not start next time
+                outputs=event.outputs or {},
+                now=time.monotonic(),
             )
-        if error:
-            if node.tries <= node.task.retries and not self.cancelling:
-                return self._queue(node, reason=f"retry {node.tries}/{node.task.retries} after {error}")
-            return self._settle(node, S.FAILED, reason=error, error=error, **fields)
-        outputs = event.outputs or {}
-        repeat = node.task.repeat
-        if repeat:
-            self.steps_ctx[node.wt.key] = {"outputs": outputs, "status": S.RUNNING}
-            try:
-                met = evaluate(repeat["until"], self._context(node))
-            except ResolveError as exc:
-                return self._settle(
-                    node, S.FAILED, reason="until error", error=str(exc), outputs=outputs, **fields
-                )
-            if not met:
-                limit = repeat.get("max_iterations", 10)
-                if node.iteration >= limit:
-                    msg = f"until not met after {limit} iterations"
-                    return self._settle(node, S.FAILED, reason=msg, error=msg, outputs=outputs, **fields)
-                node.iteration += 1
-                node.tries = 0
-                node.not_before = time.monotonic() + float(repeat.get("delay", 0) or 0)
-                services.transition(
-                    node.wt,
-                    S.QUEUED,
-                    reason=f"repeat: until not met, iteration {node.iteration} next",
-                    outputs=outputs,
-                )
-                self.delayed.append(node)
-                return
-        node.wt.outputs, node.wt.exit_code = outputs, event.exit_code
-        self.succeeded.append(node)  # settled by _flush_batches, written by _record_finished
-
-    # --- settling and propagation --------------------------------------------------------------
-
-    def _settle(
-        self, node: Node, status: str, *, reason: str | None, actor: str | None = None, **fields
-    ) -> None:
-        """A step reached a final status: record it, then wake whatever waited on it."""
-        now = timezone.now()
-        fields.setdefault("completed_at", now)
-        services.transition(node.wt, status, reason=reason, actor=actor, now=now, **fields)
-        self._settled(node, now)
-
-    def _settled(self, node: Node, now) -> None:
-        """Wake whatever waited on a step whose final status is recorded."""
-        status = node.wt.status
-        self.open -= 1
-        self.waiting.pop(node.wt.pk, None)
-        if node.parent:
-            self._fanout_settle(self.nodes[node.parent])
-        else:
-            self.steps_ctx[node.wt.key] = {"outputs": node.wt.outputs, "status": status}
-            self._wake(node.wt.key)
-            if node.task.parent_id:
-                self._group_settle(node.groups[0], wake=True)
-        state = self.waves[node.wt.wave_id]
-        state.done += 1
-        if state.done == len(state.keys):
-            self.waves_done.append((state, now))  # written by _record_finished
-
-    def _wake(self, key: str) -> None:
-        for dep_key in self.dependents.get(key, ()):
-            node = self.nodes[dep_key]
-            if (
-                node.wt.status == S.PENDING
-                and dep_key not in self.to_queue
-                and all(self._outcome(d) is not None for d in node.deps)
-            ):
-                self._decide(node)
-
-    def _group_settle(self, key: str, wake: bool = False) -> None:
-        group = self.groups[key]
-        if group.status is not None:
-            return
-        outcomes = [self._outcome(c) for c in group.children]
-        if any(o is None for o in outcomes):
-            return
-        policy = group.task.join_policy
-        ok = (
-            all(o == S.SUCCEEDED for o in outcomes)
-            if policy == JoinPolicy.ALL
-            else S.SUCCEEDED in outcomes
-            if policy == JoinPolicy.ANY
-            else True
         )
-        group.status = S.SUCCEEDED if ok else S.FAILED
-        self.steps_ctx[key] = {
-            "outputs": {c: (self.steps_ctx.get(c) or {}).get("outputs") for c in group.children},
-            "status": group.status,
+
+    # --- carrying out decisions ----------------------------------------------------------------
+
+    def _apply(self, decisions) -> None:
+        for d in decisions:
+            node = self.nodes.get(d.key)
+            if isinstance(d, Launch):
+                self._launch(node, d.iteration)
+            elif isinstance(d, Settle):
+                self.writes.settle(node, d, self.now)
+            elif isinstance(d, Queue):
+                self.writes.queue(node, d, self.now)
+            elif isinstance(d, Gate):
+                self.writes.gate(node)
+            elif isinstance(d, Expand):
+                for inst in self.writes.expand(node, d, self.now):
+                    self.nodes[inst.wt.key] = inst
+                    node.instances.append(inst.wt.key)
+
+    def _gate_found_decided(self, key: str, decision: str, by: str) -> None:
+        """A gate the run reached already had its decision on record: act on it."""
+        self._system(self.nodes[key], f"{decision} by {by or 'someone'} before the run reached it")
+        self._apply(self.sched.gate_decided(key, approved=decision == "approved", by=by))
+
+    def _launch(self, node: Node, iteration: int) -> None:
+        node.wt.attempt += 1
+        try:
+            spec = self._spec(node, iteration)
+        except ResolveError as exc:
+            node.wt.attempt -= 1
+            return self._apply(self.sched.fail(node.wt.key, "input error", str(exc)))
+        self.runner.launch(spec)
+        node.handle, node.started, node.agent = spec.handle, time.monotonic(), None
+        self.by_handle[spec.handle] = node
+        self.writes.launch(node, iteration, self.now_launch)
+
+    def _spec(self, node: Node, iteration: int) -> LaunchSpec:
+        task, key = node.task, node.wt.key
+        ctx = self.sched.context(key)
+        if self.run.simulate_scale:
+            minutes = task.estimated_minutes or self.durations.get(key.split("[", 1)[0], 1.0)
+            command = f"sleep {minutes * self.run.simulate_scale:.3f}"
+        else:
+            command = render_command(task.command, ctx)
+        env = {
+            name: value if isinstance(value, str) else json.dumps(value)
+            for name, value in resolve_value(task.env or {}, ctx).items()
         }
-        if wake:
-            self._wake(key)
-            if group.task.parent_id:
-                parent_key = next(g for g, grp in self.groups.items() if grp.task.pk == group.task.parent_id)
-                self._group_settle(parent_key, wake=True)
-
-    def _fanout_settle(self, node: Node) -> None:
-        """A for_each step ends when all its instances have; its outputs are theirs, in order."""
-        instances = [self.nodes[k] for k in node.instances]
-        if any(i.wt.status not in TERMINAL for i in instances) or node.wt.status in TERMINAL:
-            return
-        statuses = [i.wt.status for i in instances]
-        policy = node.task.join_policy
-        ok = (
-            all(s == S.SUCCEEDED for s in statuses)
-            if policy == JoinPolicy.ALL
-            else (S.SUCCEEDED in statuses or not statuses)
-            if policy == JoinPolicy.ANY
-            else True
+        env.update(
+            TIDEWATCH_RUN_ID=str(self.run.pk),
+            TIDEWATCH_STEP=key,
+            TIDEWATCH_ATTEMPT=str(node.wt.attempt),
+            TIDEWATCH_ITERATION=str(iteration),
         )
-        outputs = [i.wt.outputs for i in instances]
-        if self.cancelling and not ok:
-            return self._settle(
-                node, S.CANCELLED, reason="run cancelled", outputs=outputs, actor=self.cancelled_by
-            )
-        failed = sum(1 for s in statuses if s != S.SUCCEEDED)
-        if ok:
-            self._settle(node, S.SUCCEEDED, reason=None, outputs=outputs)
-        else:
-            msg = f"{failed} of {len(statuses)} instances did not succeed"
-            self._settle(node, S.FAILED, reason=msg, error=msg, outputs=outputs)
-
-    # --- waves -------------------------------------------------------------------------------------
-
-    def _wave_started(self, node: Node, now) -> None:
-        wave = self.waves[node.wt.wave_id].wave
-        if wave.status == WaveStatus.PENDING:
-            services.wave_update(wave, status=WaveStatus.RUNNING, started_at=now, now=now)
-
-    def _wave_completed(self, state: _WaveState, now) -> None:
-        statuses = {self.nodes[k].wt.status for k in state.keys}
-        status = (
-            WaveStatus.FAILED
-            if statuses & {S.FAILED, S.LOST}
-            else WaveStatus.CANCELLED
-            if S.CANCELLED in statuses
-            else WaveStatus.SUCCEEDED
-        )
-        services.wave_update(
-            state.wave, status=status, started_at=state.wave.started_at or now, completed_at=now, now=now
+        if node.wt.parent_id or "item" in ctx:
+            env["TIDEWATCH_ITEM"] = json.dumps(ctx.get("item"))
+        return LaunchSpec(
+            run_id=self.run.pk,
+            key=key,
+            attempt=node.wt.attempt,
+            command=command,
+            inputs=resolve_value(task.inputs or {}, ctx),
+            env=env,
+            timeout_s=task.timeout_s,
         )
 
-    # --- periodic work: heartbeats, cancel requests, approvals -------------------------------------
+    # --- periodic work: cancel requests, approvals, the heartbeat ------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Called from a signal handler: cancel at the next turn of the loop."""
+        self.stop_reason = reason
 
     def _tick(self) -> None:
-        now_mono = time.monotonic()
-        if self.stop_reason and not self.cancelling:
+        now = time.monotonic()
+        if self.stop_reason and not self.sched.cancelling:
             self._cancel(self.stop_reason)
-        if now_mono >= self.next_cancel_check:
-            self.next_cancel_check = now_mono + CANCEL_POLL_SECONDS
-            if not self.cancelling:
-                requested = (
-                    ExecutionRun.objects.filter(pk=self.run.pk)
-                    .values_list("cancel_requested_at", "cancel_requested_by")
-                    .get()
-                )
-                if requested[0]:
-                    self._cancel(requested[1] or "cancel request")
-        if now_mono >= self.next_heartbeat:
-            self.next_heartbeat = now_mono + settings.TIDEWATCH["HEARTBEAT_SECONDS"]
-            services.agents_heartbeat(
-                [n.agent.pk for n in self.by_handle.values() if n.agent], self.run, timezone.now()
-            )
-        if self.waiting and now_mono >= self.next_approval_check:
-            self.next_approval_check = now_mono + APPROVAL_POLL_SECONDS
+        if now >= self.next_cancel_check and not self.sched.cancelling:
+            self.next_cancel_check = now + CANCEL_POLL_SECONDS
+            at, by = ExecutionRun.objects.filter(pk=self.run.pk).values_list(
+                "cancel_requested_at", "cancel_requested_by"
+            ).get()
+            if at:
+                self._cancel(by or "cancel request")
+        if self.heartbeat.inline and now >= self.heartbeat.next_inline:
+            self.heartbeat.next_inline = now + self.heartbeat.interval
+            self.heartbeat.beat()
+        if self.heartbeat.lost:
+            raise OwnershipLost(f"run {self.run.pk} was closed by another process")
+        if self.sched.waiting and now >= self.next_approval_check:
+            self.next_approval_check = now + APPROVAL_POLL_SECONDS
             self._poll_approvals()
 
     def _poll_approvals(self) -> None:
-        changed = WaveTask.objects.filter(pk__in=list(self.waiting)).exclude(status=S.WAITING_APPROVAL)
+        """Gates decided by another process while they waited (it recorded the change)."""
+        recorded = (self.nodes[k] for k in self.sched.waiting)
+        waiting = {n.wt.pk: n.wt.key for n in recorded if n.wt.status == S.WAITING_APPROVAL}
+        decided = (S.QUEUED, S.FAILED, S.CANCELLED)  # what step_decide (or a cancel) moves it to
+        changed = WaveTask.objects.filter(pk__in=list(waiting), status__in=decided)
         for pk, status, error, by in changed.values_list("pk", "status", "error", "approved_by"):
-            node = self.waiting.pop(pk)
+            node = self.nodes[waiting[pk]]
             node.wt.status, node.wt.error = status, error
-            if status == S.QUEUED:
-                self._system(node, f"approved by {by}")
-                self._decide(node)
-            elif status in TERMINAL:
-                # Rejected (or closed elsewhere): the change is recorded already; propagate it.
-                self._settled(node, timezone.now())
+            self.writes.status_seen(node, status)
+            self._system(node, f"{'approved' if status == S.QUEUED else status} by {by or 'someone'}")
+            self._apply(
+                self.sched.gate_decided(node.wt.key, approved=status == S.QUEUED, by=by, recorded=status)
+            )
 
     def _cancel(self, by: str) -> None:
         """Stop launching, stop what runs, cancel what has not started."""
-        self.cancelling = True
-        self.cancelled_by = by
         self.runner.terminate_all()
-        self.ready.clear()
-        self.delayed.clear()
-        self.to_queue.clear()
-        self.unqueued.clear()
-        pending = [
-            n
-            for n in self.nodes.values()
-            if n.wt.status not in TERMINAL and n.handle not in self.by_handle and not n.instances
-        ]
-        now = timezone.now()
-        # One transition for all of them (a list may hold thousands). Instances first: the
-        # last instance of a for_each step to settle settles the step.
-        for nodes in ([n for n in pending if n.parent], [n for n in pending if not n.parent]):
-            nodes = [n for n in nodes if n.wt.status not in TERMINAL]
-            services.transition(
-                [n.wt for n in nodes],
-                S.CANCELLED,
-                reason=f"run cancelled by {by}",
-                actor=by,
-                now=now,
-                completed_at=now,
-            )
-            for node in nodes:
-                self._settled(node, now)
+        self._apply(self.sched.cancel(by))
 
-    # --- transcripts ---------------------------------------------------------------------------
+    def _idle_on_gates(self, now: float) -> None:
+        """Time when nothing but an approval can move the run on is not charged to it."""
+        if self.sched.idle_on_gates and not self.by_handle:
+            if self.idle_since is None:
+                self.idle_since = now
+        elif self.idle_since is not None:
+            self.gate_wait += now - self.idle_since
+            self.idle_since = None
+
+    def waiting_gates(self) -> list[str]:
+        return sorted(self.sched.waiting)
+
+    # --- transcripts -------------------------------------------------------------------------------
 
     def _capture(self, node: Node, kind: str, text: str) -> None:
+        wt = node.wt
         self.captured.append(
             Captured(
-                execution_id=self.run.pk,
-                wave_id=node.wt.wave_id,
-                wave_number=node.wt.wave.wave_number,
-                task_id=node.task.pk,
-                wave_task_id=node.wt.pk,
-                agent_id=node.agent.pk if node.agent else None,
-                instance_id=node.agent.instance_id if node.agent else "",
-                sequence=next(self.seq),
-                kind=kind,
-                text=text,
-                at=timezone.now(),
-            )
+                execution_id=self.run.pk, wave_id=wt.wave_id, wave_number=self.writes.wave_number(wt),
+                task_id=node.task.pk, wave_task_id=wt.pk, agent_id=node.agent.pk if node.agent else None,
+                instance_id=node.agent.instance_id if node.agent else "", sequence=next(self.seq),
+                kind=kind, text=text, at=self.now,
+            )  # fmt: skip
         )
 
     def _system(self, node: Node, text: str) -> None:
@@ -956,55 +365,69 @@ class Engine:
 
     def _flush(self) -> None:
         if self.captured:
-            batch, self.captured = self.captured, []
-            output_captured.send(sender=ExecutionRun, execution_id=self.run.pk, records=batch)
+            captured, self.captured = self.captured, []
+            output_captured.send(sender=ExecutionRun, execution_id=self.run.pk, records=captured)
 
     # --- the end -----------------------------------------------------------------------------------
+
+    def _crash(self, exc: BaseException) -> None:
+        """Last resort: whatever went wrong in the loop, stop the task processes and close
+        the run as failed with the error (the turn that failed was rolled back)."""
+        log.error("run %s: the executor stopped on %r", self.run.pk, exc)
+        try:
+            self.runner.terminate_all()
+            self.runner.close()
+        except Exception:
+            log.exception("run %s: stopping the task processes failed", self.run.pk)
+        try:
+            ownership.run_close_abandoned(
+                self.run, status=RunStatus.FAILED, reason=f"executor error: {type(exc).__name__}: {exc}"[:2000],
+                mine=True,
+            )  # fmt: skip
+        except Exception:
+            log.exception("run %s: closing the run failed", self.run.pk)
 
     def _critical_path_seconds(self) -> float:
         """The best any scheduler could have done with the durations measured in this run:
         the longest chain of them (a for_each step counts as its longest instance)."""
         measured = {}
-        for key in self.analysis.wave_of:
-            node = self.nodes[key]
-            measured[key] = (
-                max((self.nodes[k].seconds for k in node.instances), default=0.0)
-                if node.instances
-                else node.seconds
-            )
-        return dag.analyze(list(self.analysis.wave_of), self._edges, measured).critical_length
+        for key, node in self.nodes.items():
+            if not node.wt.parent_id:
+                seconds = [self.nodes[k].seconds for k in node.instances] or [node.seconds]
+                measured[key] = max(seconds)
+        keys = [k for k, n in self.nodes.items() if not n.wt.parent_id]
+        return dag.analyze(keys, self.edges, measured).critical_length
 
     def _close(self) -> Summary:
         now = timezone.now()
-        leaves = [n for n in self.nodes.values() if not n.instances]
+        self._idle_on_gates(self.t_end or time.monotonic())
         counts = defaultdict(int)
-        for node in leaves:
-            counts[node.wt.status] += 1
+        for node in self.nodes.values():
+            if not node.instances:
+                counts[node.wt.status] += 1
         if counts[S.FAILED] or counts[S.LOST]:
             status = RunStatus.FAILED
-        elif counts[S.CANCELLED] or self.cancelling:
+        elif counts[S.CANCELLED] or self.sched.cancelling:
             status = RunStatus.CANCELLED
         else:
             status = RunStatus.SUCCEEDED
         wall = (self.t_end or time.monotonic()) - self.t0
-        services.run_update(
-            self.run,
-            status=status,
-            completed_at=now,
-            wall_seconds=wall,
-            task_seconds=self.task_seconds,
-            executor_heartbeat=now,
-            now=now,
-        )
+        working = wall - self.gate_wait
+        with transaction.atomic():
+            services.run_update(
+                self.run, status=status, completed_at=now, wall_seconds=wall, task_seconds=self.task_seconds,
+                gate_wait_seconds=self.gate_wait, executor_heartbeat=now, now=now,
+            )  # fmt: skip
         services.session_leave(self.run, now)
         return Summary(
             run_id=self.run.pk,
             status=status,
             wall_seconds=wall,
             task_seconds=self.task_seconds,
-            speedup=self.task_seconds / wall if wall > 0 else 0.0,
+            gate_wait_seconds=self.gate_wait,
+            speedup=self.task_seconds / working if working > 0 else 0.0,
             critical_path_seconds=self._critical_path_seconds(),
-            waves=len(self.waves),
+            waves=len(self.writes.waves),
             tasks={k: counts[k] for k in (S.SUCCEEDED, S.FAILED, S.SKIPPED, S.CANCELLED)},
             peak_concurrency=self.peak,
         )

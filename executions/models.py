@@ -51,6 +51,11 @@ class WaveStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    SKIPPED = "skipped", "Skipped"  # every task of it was skipped: nothing ran
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED, cls.SKIPPED})
 
 
 class AgentStatus(models.TextChoices):
@@ -111,12 +116,19 @@ class ExecutionRun(models.Model):
     resumed_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumptions"
     )
+    # The run that resumed this one: set once, by a conditional UPDATE (services.run_resume),
+    # so two resumes of one run cannot both go ahead.
+    resumed_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     attempt = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     wall_seconds = models.FloatField(null=True, blank=True)
     task_seconds = models.FloatField(null=True, blank=True)
+    # Time the run could do nothing but wait at approval gates: not charged to its speedup.
+    gate_wait_seconds = models.FloatField(default=0.0)
     peak_concurrency = models.PositiveIntegerField(default=0)
     # The executor that owns the run: where it is and when it last said it was alive.
     executor_hostname = models.CharField(max_length=255, blank=True)

@@ -1,634 +1,215 @@
-"""The one place where runs, waves, wave tasks and agents change.
+"""Services of the executions app: start, resume, cancel and approve, called alike by the
+commands, the admin, the API and Celery. Each checks what it is asked, then makes the change
+through the modules that own it:
 
-Every status change of a task in a run goes through `transition()` (or
-`wave_tasks_create()` for the first status), which writes the new status, one
-`task_status_audit` row per task and one event-log row per task in a single
-transaction. Other processes (cancel_run, approve_step, the admin, the API) use the
-same functions, so the audit and the event log are complete whoever made the change.
+- `executions.transitions`: the one place statuses change (tasks in a run, waves, agents),
+  each change with its audit row and its event-log row, in one transaction;
+- `executions.ownership`: who owns a run (the claim, the heartbeat) and closing the runs of
+  executors that died;
+- `executions.sessions`: concurrent execution sessions;
+- `executions.layout`: a new run's waves and wave tasks, and what a resume carries over.
+
+Their functions are re-exported here, so callers need only `executions.services`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import threading
-from collections import defaultdict
-from collections.abc import Iterable
-from contextlib import contextmanager
-from datetime import datetime, timedelta
+import math
+import subprocess
+import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
-from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from executions.capture import StatusChange
-from executions.models import (
-    AgentStatus,
-    BuildAgentInstance,
-    ConcurrentExecutionSession,
-    Event,
-    ExecutionRun,
-    ParallelExecutionWave,
-    RunStatus,
-    SessionStatus,
-    TaskStatus,
-    TaskStatusAudit,
-    WaveStatus,
-    WaveTask,
+from executions.errors import NotFound, OwnershipLost, ServiceError
+from executions.layout import run_layout
+from executions.models import Backend, ExecutionRun, RunStatus, TaskStatus, WaveTask
+from executions.ownership import (
+    executor_identity,
+    executor_is_gone,
+    owner_text,
+    reap_abandoned_runs,
+    run_claim,
+    run_close_abandoned,
+    run_payload,
+    run_update,
 )
-from executions.signals import agent_changed, task_status_changed, wave_changed
-from waves.services import CHUNK
+from executions.records import batch, events_write, iso
+from executions.sessions import session_count, session_join, session_leave
+from executions.transitions import (
+    CHUNK,
+    agents_finish,
+    agents_start,
+    task_event,
+    transition,
+    wave_tasks_create,
+    wave_update,
+)
+from waves.models import Task, TaskList
+
+__all__ = [
+    "CHUNK", "NotFound", "OwnershipLost", "ServiceError", "agents_finish", "agents_start", "batch",
+    "events_write", "executor_identity", "executor_is_gone", "iso", "reap_abandoned_runs", "run_claim",
+    "run_close_abandoned", "run_get", "run_payload", "run_request_cancel", "run_resume", "run_spawn",
+    "run_start", "run_update", "session_count", "session_join", "session_leave", "step_decide",
+    "transition", "wave_tasks_create", "wave_update",
+]  # fmt: skip
+
+MAX_PARALLELISM = 10_000
+SIMULATE_MAX = 3600.0  # seconds per estimated minute
+SCHEDULES = ("critical_path", "fifo")
 
 
-class ServiceError(Exception):
-    """A request that cannot be carried out; the message says why."""
+def run_get(run_id: int | str) -> ExecutionRun:
+    """The run with this id, or NotFound (also for ids no database column can hold)."""
+    text = str(run_id).strip()
+    if not text.isdigit() or int(text) >= 2**63:
+        raise NotFound(f"run {text} does not exist")
+    run = ExecutionRun.objects.select_related("task_list").filter(pk=int(text)).first()
+    if run is None:
+        raise NotFound(f"run {text} does not exist")
+    return run
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a Z, as every payload and API shows times."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
+def _options(max_parallelism, backend, simulate, schedule) -> None:
+    if max_parallelism is not None and not (
+        isinstance(max_parallelism, int) and 1 <= max_parallelism <= MAX_PARALLELISM
+    ):
+        raise ServiceError(f"max_parallelism must be a whole number from 1 to {MAX_PARALLELISM}")
+    if backend not in Backend.values:
+        raise ServiceError(f"unknown backend {backend!r} (use {' or '.join(Backend.values)})")
+    if simulate is not None and not (
+        isinstance(simulate, int | float) and math.isfinite(simulate) and 0 < simulate <= SIMULATE_MAX
+    ):
+        raise ServiceError(f"simulate must be a number of seconds per minute above 0 and at most {SIMULATE_MAX:g}")
+    if schedule not in SCHEDULES:
+        raise ServiceError(f"schedule must be one of {', '.join(SCHEDULES)}")
 
 
-class _Batch:
-    """What `batch()` gathers: audit rows, event-log rows and session counter moves.
-
-    They are written in the order of their times, not of the calls: the executor starts
-    the steps a success unblocks before it records that success (so they start sooner),
-    and the audit, the event log and the session peaks still read in causal order."""
-
-    def __init__(self):
-        self.audits: list[TaskStatusAudit] = []
-        self.events: list[Event] = []
-        self.counts: dict[int, list[tuple]] = defaultdict(list)  # session -> moves
-
-    def write(self) -> None:
-        if self.audits:
-            TaskStatusAudit.objects.bulk_create(sorted(self.audits, key=lambda a: a.changed_at))
-        if self.events:
-            Event.objects.bulk_create(sorted(self.events, key=lambda e: e.created_at))
-        for session_id, moves in self.counts.items():
-            # At equal times a finish comes before a start: the peak is not inflated.
-            moves.sort(key=lambda m: (m[0], m[1] + m[2] > 0))
-            tasks = agents = tasks_high = agents_high = started = 0
-            for _, t, a, s in moves:
-                tasks, agents, started = tasks + t, agents + a, started + s
-                tasks_high, agents_high = max(tasks_high, tasks), max(agents_high, agents)
-            _session_update(
-                session_id,
-                tasks=tasks,
-                agents=agents,
-                tasks_high=tasks_high,
-                agents_high=agents_high,
-                started=started,
-            )
-
-
-_local = threading.local()
-
-
-def _pending() -> _Batch | None:
-    return getattr(_local, "batch", None)
-
-
-@contextmanager
-def batch():
-    """Inside a transaction: gather the audit rows, event-log rows and session counter
-    moves of many changes and write them when the block ends, ordered by time (one INSERT
-    each, one UPDATE per session) instead of once per change. Status updates themselves
-    are not deferred. The executor wraps each turn of its loop in one."""
-    if _pending() is not None:
-        yield
-        return
-    assert transaction.get_connection().in_atomic_block, "batch() belongs inside transaction.atomic()"
-    _local.batch = pending = _Batch()
-    try:
-        yield
-    finally:
-        _local.batch = None
-    pending.write()
-
-
-def events_write(rows: Iterable[tuple[int | None, str, dict]], now: datetime) -> None:
-    """Append (execution_id, type, payload) rows to the event log."""
-    events = [
-        Event(execution_id=ex, type=type_, payload=payload, created_at=now) for ex, type_, payload in rows
-    ]
-    if (pending := _pending()) is not None:
-        pending.events.extend(events)
-    else:
-        Event.objects.bulk_create(events)
-
-
-def _task_event(wt: WaveTask, previous: str | None, actor: str | None, reason: str | None, now: datetime):
-    return (
-        wt.execution_id,
-        "task.update",
-        {
-            "execution_id": wt.execution_id,
-            "wave_task_id": wt.pk,
-            "task_id": wt.task_id,
-            "wave_id": wt.wave_id,
-            "key": wt.key,
-            "status": wt.status,
-            "previous_status": previous,
-            "attempt": wt.attempt,
-            "actor": actor,
-            "reason": reason,
-            "at": iso(now),
-        },
-    )
-
-
-def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> None:
-    """Audit rows, event rows, session counters and the signal for applied changes."""
-    if not changes:
-        return
-    audits = [
-        TaskStatusAudit(
-            wave_task_id=wt.pk,
-            task_id=wt.task_id,
-            execution_id=wt.execution_id,
-            attempt=wt.attempt,
-            previous_status=previous,
-            new_status=wt.status,
-            changed_at=now,
-            actor=actor,
-            reason=(reason or None) and reason[:500],
-        )
-        for wt, previous in changes
-    ]
-    if (pending := _pending()) is not None:
-        pending.audits.extend(audits)
-    else:
-        TaskStatusAudit.objects.bulk_create(audits)
-    events_write([_task_event(wt, previous, actor, reason, now) for wt, previous in changes], now)
-    running_delta: dict[int, int] = defaultdict(int)
-    for wt, previous in changes:
-        if wt.status == TaskStatus.RUNNING and previous != TaskStatus.RUNNING:
-            running_delta[wt.execution_id] += 1
-        elif previous == TaskStatus.RUNNING and wt.status != TaskStatus.RUNNING:
-            running_delta[wt.execution_id] -= 1
-    for execution_id, delta in running_delta.items():
-        if delta:
-            _session_count(execution_id, now, tasks=delta)
-    task_status_changed.send(
-        sender=WaveTask,
-        changes=[
-            StatusChange(wt.pk, wt.task_id, wt.execution_id, wt.wave_id, previous, wt.status)
-            for wt, previous in changes
-        ],
-    )
-
-
-def wave_tasks_create(
-    rows: list[WaveTask], *, actor: str | None = None, reason: str | None = None
-) -> list[WaveTask]:
-    """Insert wave tasks; their first status is a change from nothing, audited like any other."""
-    now = timezone.now()
-    with transaction.atomic():
-        created = WaveTask.objects.bulk_create(rows)
-        _record([(wt, None) for wt in created], actor, reason, now)
-    return created
-
-
-def transition(
-    wave_tasks: WaveTask | Iterable[WaveTask],
-    new_status: str,
+def run_start(
+    task_list: TaskList,
     *,
-    allowed_from: Iterable[str] | None = None,
-    actor: str | None = None,
-    reason: str | None = None,
-    now: datetime | None = None,
-    own_fields: Iterable[str] = (),
-    **fields,
-) -> list[WaveTask]:
-    """Move wave tasks to `new_status`, setting `fields` too, and record each change.
-
-    `own_fields` names fields each wave task carries its own value of (already set on the
-    objects, e.g. `outputs`): they are written with one bulk UPDATE for the batch.
-    The current status is read under lock inside the transaction: a task whose status is
-    not in `allowed_from` (when given) is left alone, so two processes racing on one task
-    never both win. Returns the wave tasks that changed, updated in memory.
-    """
-    own_fields = list(own_fields)
-    items = [wave_tasks] if isinstance(wave_tasks, WaveTask) else list(wave_tasks)
-    if not items:
-        return []
-    now = now or timezone.now()
-    if len(items) > CHUNK:  # a list of 70,000 ready steps: keep each IN (...) list bounded
-        with transaction.atomic(savepoint=False):
-            return [
-                wt
-                for i in range(0, len(items), CHUNK)
-                for wt in transition(
-                    items[i : i + CHUNK],
-                    new_status,
-                    allowed_from=allowed_from,
-                    actor=actor,
-                    reason=reason,
-                    now=now,
-                    own_fields=own_fields,
-                    **fields,
-                )
-            ]
-    allowed = frozenset(allowed_from) if allowed_from is not None else None
-    by_pk = {wt.pk: wt for wt in items}
-    with transaction.atomic(savepoint=False):
-        current = dict(
-            WaveTask.objects.select_for_update()
-            .filter(pk__in=by_pk)
-            .values_list("pk", "status")
-            .order_by("pk")
+    max_parallelism: int | None = None,
+    backend: str = Backend.LOCAL,
+    simulate: float | None = None,
+    schedule: str = "critical_path",
+) -> ExecutionRun:
+    """Lay out a new run of a task list, pending until an executor claims it."""
+    _options(max_parallelism, backend, simulate, schedule)
+    if not simulate:
+        missing = list(
+            task_list.tasks.exclude(kind=Task.Kind.GROUP).filter(command__regex=r"^\s*$").values_list("key", flat=True)[:6]
         )
-        changes: list[tuple[WaveTask, str]] = []
-        for pk, status in current.items():
-            if allowed is not None and status not in allowed:
-                continue
-            changes.append((by_pk[pk], status))
-        if not changes:
-            return []
-        for wt, _ in changes:
-            wt.status = new_status
-            for name, value in fields.items():
-                setattr(wt, name, value)
-        _update_grouped(WaveTask, [wt for wt, _ in changes], own_fields, status=new_status, **fields)
-        _record(changes, actor, reason, now)
-    return [wt for wt, _ in changes]
-
-
-def _update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> None:
-    """UPDATE objects that each carry their own values of `own_fields`: one plain UPDATE per
-    distinct set of values (a batch mostly shares them: exit code 0, the same outputs),
-    cheaper than bulk_update's CASE per row."""
-    groups: dict[str, tuple[dict, list[int]]] = {}
-    for obj in objs:
-        values = {name: getattr(obj, name) for name in own_fields}
-        key = json.dumps(values, sort_keys=True, default=str)
-        groups.setdefault(key, (values, []))[1].append(obj.pk)
-    for values, pks in groups.values():
-        model.objects.filter(pk__in=pks).update(**common, **values)
-
-
-# --- runs and sessions ---------------------------------------------------------------------
-
-
-def run_update(run: ExecutionRun, *, now: datetime | None = None, **fields) -> None:
-    """Set fields of a run and publish a run.update event in the same transaction."""
-    now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
-        ExecutionRun.objects.filter(pk=run.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(run, name, value)
-        events_write([(run.pk, "run.update", run_payload(run))], now)
-
-
-def run_payload(run: ExecutionRun) -> dict:
-    return {
-        "execution_id": run.pk,
-        "task_list_id": run.task_list_id,
-        "status": run.status,
-        "started_at": iso(run.started_at),
-        "completed_at": iso(run.completed_at),
-        "max_parallelism": run.max_parallelism,
-        "wall_seconds": run.wall_seconds,
-        "task_seconds": run.task_seconds,
-        "peak_concurrency": run.peak_concurrency,
-        "cancel_requested": run.cancel_requested_at is not None,
-    }
-
-
-def _session_lock() -> None:
-    """Serialise session joins and leaves across processes.
-
-    SQLite: every transaction is BEGIN IMMEDIATE (see config/env.py), which already holds
-    the database write lock. PostgreSQL: a transaction-scoped advisory lock.
-    """
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x7469646577])
-
-
-def session_join(run: ExecutionRun, now: datetime) -> ConcurrentExecutionSession:
-    """Join the active session if another run is running, else open a new one."""
+        if missing:
+            raise ServiceError(
+                f"step(s) {', '.join(missing[:5])} have no command: import with --command-template "
+                "or run with --simulate"
+            )
     with transaction.atomic():
-        _session_lock()
-        session = (
-            ConcurrentExecutionSession.objects.filter(
-                status=SessionStatus.ACTIVE, runs__status=RunStatus.RUNNING
-            )
-            .exclude(runs__pk=run.pk)
-            .order_by("-started_at")
-            .first()
+        return run_layout(
+            task_list,
+            backend=backend,
+            max_parallelism=max_parallelism or task_list.max_parallelism or settings.TIDEWATCH["DEFAULT_MAX_PARALLELISM"],
+            simulate_scale=simulate,
+            schedule=schedule,
         )
-        if session is None:
-            session = ConcurrentExecutionSession.objects.create(started_at=now)
-        ConcurrentExecutionSession.objects.filter(pk=session.pk).update(
-            execution_count=F("execution_count") + 1
-        )
-        run.session = session
-        ExecutionRun.objects.filter(pk=run.pk).update(session=session)
-        _session_of_run[run.pk] = session.pk
-    return session
 
 
-def session_count(session_id: int, *, waves: int = 0, tasks: int = 0, agents: int = 0) -> None:
-    """Add to a session's totals (waves, tasks, agents started)."""
-    ConcurrentExecutionSession.objects.filter(pk=session_id).update(
-        total_wave_count=F("total_wave_count") + waves,
-        total_task_count=F("total_task_count") + tasks,
-        total_agent_count=F("total_agent_count") + agents,
+def run_resume(
+    run: ExecutionRun,
+    *,
+    task_list: str | None = None,
+    max_parallelism: int | None = None,
+    backend: str | None = None,
+    simulate: float | None = None,
+    schedule: str | None = None,
+) -> ExecutionRun:
+    """Lay out a run that re-runs what `run` did not finish; options it is not given are
+    inherited. Refused, with the reason, when `run` is still owned by a live executor, has
+    succeeded, or was resumed already: the claim is a conditional UPDATE of `run`, so of two
+    resumes racing in any processes or machines exactly one goes ahead."""
+    reap_abandoned_runs()  # a resume right after a kill: the dead executor's run is closed now
+    run.refresh_from_db()
+    tl = run.task_list
+    if task_list is not None and str(task_list).strip() not in (str(tl.pk), tl.title):
+        raise ServiceError(f"run {run.pk} is a run of {tl.title!r}, not {task_list!r}")
+    if run.status == RunStatus.PENDING and not run.executor_pid:
+        raise ServiceError(f"run {run.pk} has not started yet: there is nothing to resume")
+    if run.status in (RunStatus.PENDING, RunStatus.RUNNING):
+        raise ServiceError(f"run {run.pk} is still running{owner_text(run)}; cancel it first")
+    if run.status == RunStatus.SUCCEEDED:
+        raise ServiceError(f"run {run.pk} succeeded; there is nothing to resume")
+    if run.resumed_by_id:
+        raise ServiceError(
+            f"run {run.pk} was already resumed by run {run.resumed_by_id}; resume run {run.resumed_by_id} instead"
+        )
+    options = dict(
+        max_parallelism=max_parallelism or run.max_parallelism,
+        backend=backend or run.backend,
+        simulate=simulate if simulate is not None else run.simulate_scale,
+        schedule=schedule or run.schedule,
     )
-
-
-_session_of_run: dict[int, int] = {}
-
-
-def _session_id(execution_id: int) -> int | None:
-    """A run's session never changes once joined: remember it instead of asking each time."""
-    session_id = _session_of_run.get(execution_id)
-    if session_id is None:
-        session_id = ExecutionRun.objects.filter(pk=execution_id).values_list("session_id", flat=True).first()
-        if session_id:
-            _session_of_run[execution_id] = session_id
-    return session_id
-
-
-def _session_count(
-    execution_id: int, now: datetime, *, tasks: int = 0, agents: int = 0, started: int = 0
-) -> None:
-    """Move the running counters of the run's session (and count agents started)."""
-    session_id = _session_id(execution_id)
-    if not session_id:
-        return
-    if (pending := _pending()) is not None:
-        pending.counts[session_id].append((now, tasks, agents, started))
-    else:
-        _session_update(
-            session_id, tasks=tasks, agents=agents, tasks_high=tasks, agents_high=agents, started=started
-        )
-
-
-def _session_update(
-    session_id: int, *, tasks: int, agents: int, tasks_high: int, agents_high: int, started: int
-) -> None:
-    """One UPDATE that moves the running counters by `tasks` and `agents` and keeps exact
-    peaks: `*_high` is the highest the counter rose on the way (a batch may finish some
-    tasks before it starts others). The right-hand sides see the row as it was before this
-    statement, under the row lock, so the peak is exact whichever process runs it."""
-    ConcurrentExecutionSession.objects.filter(pk=session_id).update(
-        running_tasks=F("running_tasks") + tasks,
-        running_agents=F("running_agents") + agents,
-        total_agent_count=F("total_agent_count") + started,
-        peak_concurrent_tasks=Greatest(F("peak_concurrent_tasks"), F("running_tasks") + tasks_high),
-        peak_concurrent_agents=Greatest(F("peak_concurrent_agents"), F("running_agents") + agents_high),
-    )
-
-
-def session_leave(run: ExecutionRun, now: datetime) -> None:
-    """Close the run's session when no other run of it is still running."""
-    if not run.session_id:
-        return
+    _options(**options)
     with transaction.atomic():
-        _session_lock()
-        others = ExecutionRun.objects.filter(
-            session_id=run.session_id, status__in=[RunStatus.RUNNING, RunStatus.PENDING]
+        new = run_layout(
+            tl,
+            resume_of=run,
+            backend=options["backend"],
+            max_parallelism=options["max_parallelism"],
+            simulate_scale=options["simulate"],
+            schedule=options["schedule"],
         )
-        if not others.exclude(pk=run.pk).exists():
-            failed = ExecutionRun.objects.filter(session_id=run.session_id, status=RunStatus.FAILED).exists()
-            ConcurrentExecutionSession.objects.filter(pk=run.session_id, status=SessionStatus.ACTIVE).update(
-                status=SessionStatus.FAILED if failed else SessionStatus.COMPLETED, completed_at=now
-            )
+        claimed = ExecutionRun.objects.filter(
+            pk=run.pk, resumed_by__isnull=True, status__in=[RunStatus.FAILED, RunStatus.CANCELLED]
+        ).update(resumed_by=new)
+        if not claimed:
+            run.refresh_from_db()
+            transaction.set_rollback(True)
+            by = f" by run {run.resumed_by_id}" if run.resumed_by_id else ""
+            raise ServiceError(f"run {run.pk} was resumed{by} at the same moment; resume that one instead")
+        run.resumed_by = new
+        events_write([(run.pk, "run.update", run_payload(run))], timezone.now())
+    return new
 
 
-# --- waves and agents -------------------------------------------------------------------------
-
-
-def wave_update(wave: ParallelExecutionWave, *, now: datetime | None = None, **fields) -> None:
-    now = now or timezone.now()
-    with transaction.atomic(savepoint=False):
-        ParallelExecutionWave.objects.filter(pk=wave.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(wave, name, value)
-        events_write(
-            [
-                (
-                    wave.execution_id,
-                    "wave.update",
-                    {
-                        "execution_id": wave.execution_id,
-                        "wave_id": wave.pk,
-                        "wave_number": wave.wave_number,
-                        "status": wave.status,
-                        "started_at": iso(wave.started_at),
-                        "completed_at": iso(wave.completed_at),
-                    },
-                )
-            ],
-            now,
+def run_spawn(run: ExecutionRun) -> int:
+    """Start a detached executor process for a laid-out run (`manage.py execute_run`); it
+    outlives the caller and logs to var/runs/run-ID.log. Returns its pid."""
+    log_path = Path(settings.VAR_DIR) / "runs" / f"run-{run.pk}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(settings.BASE_DIR / "manage.py"), "execute_run", str(run.pk)],
+            cwd=settings.BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: the caller's ^C or exit does not stop it
         )
-        wave_changed.send(sender=ParallelExecutionWave, wave=wave)
-
-
-def _agent_event(agent: BuildAgentInstance) -> tuple:
-    return (
-        agent.execution_id,
-        "agent.update",
-        {
-            "execution_id": agent.execution_id,
-            "agent_id": agent.pk,
-            "instance_id": agent.instance_id,
-            "wave_id": agent.wave_id,
-            "wave_task_id": agent.wave_task_id,
-            "task_id": agent.task_id,
-            "attempt": agent.attempt,
-            "status": agent.status,
-            "hostname": agent.hostname,
-            "pid": agent.pid,
-            "started_at": iso(agent.started_at),
-            "completed_at": iso(agent.completed_at),
-            "exit_code": agent.exit_code,
-        },
-    )
-
-
-def agents_start(agents: list[BuildAgentInstance], now: datetime) -> list[BuildAgentInstance]:
-    """Insert running agents (one per attempt) and count them in the session."""
-    if not agents:
-        return []
-    with transaction.atomic(savepoint=False):
-        created = BuildAgentInstance.objects.bulk_create(agents)
-        events_write([_agent_event(a) for a in created], now)
-        per_run: dict[int, int] = defaultdict(int)
-        for agent in created:
-            per_run[agent.execution_id] += 1
-            agent_changed.send(sender=BuildAgentInstance, agent=agent, created=True)
-        for execution_id, count in per_run.items():
-            _session_count(execution_id, now, agents=count, started=count)
-    return created
-
-
-def agent_finish(
-    agent: BuildAgentInstance, status: str, now: datetime, *, exit_code: int | None = None
-) -> bool:
-    """Close a running agent. Returns False when it was already closed (e.g. marked lost)."""
-    return bool(agents_finish([(agent, status, exit_code)], now))
-
-
-def agents_finish(items: list[tuple[BuildAgentInstance, str, int | None]], now: datetime) -> list:
-    """Close running agents (agent, status, exit code) in one UPDATE; returns those closed.
-    An agent already closed elsewhere (e.g. marked lost) is left as it is."""
-    if not items:
-        return []
-    with transaction.atomic(savepoint=False):
-        running = set(
-            BuildAgentInstance.objects.select_for_update()
-            .filter(pk__in=[a.pk for a, _, _ in items], status=AgentStatus.RUNNING)
-            .values_list("pk", flat=True)
-        )
-        closed = []
-        for agent, status, exit_code in items:
-            if agent.pk in running:
-                agent.status, agent.completed_at, agent.exit_code, agent.last_heartbeat = (
-                    status,
-                    now,
-                    exit_code,
-                    now,
-                )
-                closed.append(agent)
-        if not closed:
-            return []
-        _update_grouped(
-            BuildAgentInstance, closed, ["status", "exit_code"], completed_at=now, last_heartbeat=now
-        )
-        events_write([_agent_event(a) for a in closed], now)
-        per_run: dict[int, int] = defaultdict(int)
-        for agent in closed:
-            per_run[agent.execution_id] += 1
-            agent_changed.send(sender=BuildAgentInstance, agent=agent, created=False)
-        for execution_id, count in per_run.items():
-            _session_count(execution_id, now, agents=-count)
-    return closed
-
-
-def agents_heartbeat(agent_ids: Iterable[int], run: ExecutionRun, now: datetime) -> None:
-    """One UPDATE for every running agent of the run, and the executor's own heartbeat."""
-    ids = list(agent_ids)
-    with transaction.atomic(savepoint=False):
-        if ids:
-            BuildAgentInstance.objects.filter(pk__in=ids, status=AgentStatus.RUNNING).update(
-                last_heartbeat=now
-            )
-        ExecutionRun.objects.filter(pk=run.pk).update(executor_heartbeat=now)
-
-
-def executor_identity() -> tuple[str, int]:
-    return socket.gethostname(), os.getpid()
+    return proc.pid
 
 
 # --- requests from anywhere: cancel and approve ---------------------------------------------
 
 
 def run_request_cancel(run: ExecutionRun, *, actor: str = "") -> bool:
-    """Ask the executor that owns the run to cancel it. Returns False if the run had ended.
-
-    A run whose executor is gone (no heartbeat for a while) is closed here directly.
-    """
+    """Ask the executor that owns the run to cancel it (it acts within a second). Returns
+    False if the run had ended. A run whose executor is gone, or that no executor has
+    claimed yet, is closed here directly."""
     now = timezone.now()
     with transaction.atomic():
         updated = ExecutionRun.objects.filter(
             pk=run.pk, status__in=[RunStatus.PENDING, RunStatus.RUNNING], cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now, cancel_requested_by=actor[:150])
-        if not updated:
-            run.refresh_from_db()
-            return run.status not in RunStatus.terminal()
         run.refresh_from_db()
+        if not updated:
+            return run.status not in RunStatus.terminal()
         events_write([(run.pk, "run.update", run_payload(run))], now)
-    if executor_is_gone(run, now):
-        run_close_abandoned(run, status=RunStatus.CANCELLED, reason="cancelled", actor=actor or None)
+    if not run.executor_pid or executor_is_gone(run, now):
+        run_close_abandoned(run, status=RunStatus.CANCELLED, reason="cancelled", actor=actor or None, unowned=True)
     return True
-
-
-def executor_is_gone(run: ExecutionRun, now: datetime) -> bool:
-    """True when the run's executor has stopped heartbeating (or its pid is gone here)."""
-    if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
-        return False
-    stale = timedelta(seconds=settings.TIDEWATCH["STALE_AFTER_SECONDS"])
-    last = run.executor_heartbeat or run.started_at or run.created_at
-    if last and now - last > stale:
-        return True
-    if run.executor_pid and run.executor_hostname == socket.gethostname():
-        return not _pid_alive(run.executor_pid)
-    return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own exited child not yet reaped) is not alive either.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def run_close_abandoned(run: ExecutionRun, *, status: str, reason: str, actor: str | None = None) -> None:
-    """Close a run whose executor died: its running agents are lost, unfinished tasks end
-    as `lost` (running) or `cancelled`/left for resume, and the run and session close."""
-    now = timezone.now()
-    with transaction.atomic():
-        locked = ExecutionRun.objects.select_for_update().get(pk=run.pk)
-        if locked.status in RunStatus.terminal():
-            run.refresh_from_db()
-            return
-        for agent in BuildAgentInstance.objects.filter(execution=run, status=AgentStatus.RUNNING):
-            agent_finish(agent, AgentStatus.LOST, now)
-        unfinished = list(WaveTask.objects.filter(execution=run).exclude(status__in=TaskStatus.terminal()))
-        running = [wt for wt in unfinished if wt.status == TaskStatus.RUNNING]
-        transition(
-            running,
-            TaskStatus.LOST,
-            actor=actor,
-            reason=f"executor lost ({reason})",
-            now=now,
-            completed_at=now,
-        )
-        if status == RunStatus.CANCELLED:
-            # Gates waiting for approval keep waiting on a failed run (a resume carries them),
-            # but a cancel ends everything.
-            others = [wt for wt in unfinished if wt.status != TaskStatus.RUNNING]
-            transition(others, TaskStatus.CANCELLED, actor=actor, reason=reason, now=now, completed_at=now)
-        for wave in ParallelExecutionWave.objects.filter(execution=run, status__in=[WaveStatus.RUNNING]):
-            wave_update(
-                wave,
-                status=WaveStatus.CANCELLED if status == RunStatus.CANCELLED else WaveStatus.FAILED,
-                completed_at=now,
-                now=now,
-            )
-        run_update(run, status=status, completed_at=now, error=reason, now=now)
-    session_leave(run, now)
-
-
-def reap_abandoned_runs() -> list[int]:
-    """Close every running run whose executor is gone; returns their ids."""
-    now = timezone.now()
-    reaped = []
-    for run in ExecutionRun.objects.filter(status__in=[RunStatus.RUNNING, RunStatus.PENDING]):
-        if executor_is_gone(run, now):
-            run_close_abandoned(
-                run, status=RunStatus.FAILED, reason="executor stopped without closing the run"
-            )
-            reaped.append(run.pk)
-    return reaped
 
 
 def step_decide(run: ExecutionRun, key: str, *, approve: bool, actor: str) -> WaveTask:
@@ -636,16 +217,15 @@ def step_decide(run: ExecutionRun, key: str, *, approve: bool, actor: str) -> Wa
 
     A step already waiting moves on at once (approved -> queued, rejected -> failed); a
     step the run has not reached yet keeps the decision and acts on it when it gets there.
-    """
+    The row is locked: the executor reads the decision under the same lock when it reaches
+    the gate, so a decision is never lost between its read and its move to waiting."""
     decision = "approved" if approve else "rejected"
     now = timezone.now()
     with transaction.atomic():
-        wt = (
-            WaveTask.objects.select_for_update().select_related("task").filter(execution=run, key=key).first()
-        )
+        wt = WaveTask.objects.select_for_update().filter(execution=run, key=key).first()
         if wt is None:
-            raise ServiceError(f"run {run.pk} has no step {key!r}")
-        if not wt.task.approval:
+            raise NotFound(f"run {run.pk} has no step {key!r}")
+        if not Task.objects.filter(pk=wt.task_id, approval=True).exists():
             raise ServiceError(f"step {key!r} of run {run.pk} is not an approval step")
         if wt.approval_decision:
             raise ServiceError(
@@ -659,17 +239,13 @@ def step_decide(run: ExecutionRun, key: str, *, approve: bool, actor: str) -> Wa
         wt.approval_decision, wt.approved_at, wt.approved_by = decision, now, actor
         if wt.status == TaskStatus.WAITING_APPROVAL:
             if approve:
-                transition(wt, TaskStatus.QUEUED, actor=actor, reason="approved", now=now)
+                transition(wt, TaskStatus.QUEUED, expected=TaskStatus.WAITING_APPROVAL, actor=actor,
+                           reason="approved", now=now)  # fmt: skip
             else:
                 transition(
-                    wt,
-                    TaskStatus.FAILED,
-                    actor=actor,
-                    reason="rejected",
-                    now=now,
-                    completed_at=now,
-                    error=f"rejected by {actor}",
-                )
+                    wt, TaskStatus.FAILED, expected=TaskStatus.WAITING_APPROVAL, actor=actor,
+                    reason="rejected", now=now, completed_at=now, error=f"rejected by {actor}",
+                )  # fmt: skip
         else:
-            events_write([_task_event(wt, wt.status, actor, f"{decision} in advance", now)], now)
+            events_write([task_event(wt, wt.status, actor, f"{decision} in advance", now)], now)
     return wt

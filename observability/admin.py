@@ -1,9 +1,17 @@
 """Admin for what runs leave behind. Every page here is a read-only record; the big tables
-(transcripts, tool uses) page with an estimated count (see EstimatedCountPaginator)."""
+(transcripts, tool uses) page with an estimated count (see EstimatedCountPaginator).
+
+This app depends on `executions`, not the reverse: the pages of runs, waves, wave tasks and
+agents are registered by executions' admin, and this module replaces each with a subclass
+that adds this app's columns (a wave's statistics, links to transcripts, tool uses,
+assertions and skill traces). Django imports this module after executions' admin (this
+module imports it first anyway), so the replacement always finds the original registered.
+"""
 
 from django.contrib import admin
 from django.template.defaultfilters import truncatechars
 
+from executions import admin as executions_admin
 from executions.admin import (
     LargeTableAdmin,
     ReadOnlyAdmin,
@@ -12,6 +20,7 @@ from executions.admin import (
     changelist_link,
     seconds,
 )
+from executions.models import BuildAgentInstance, ExecutionRun, ParallelExecutionWave, WaveTask
 from observability.models import (
     ActiveAgent,
     AssertionResult,
@@ -38,7 +47,7 @@ class TranscriptEntryAdmin(RecordLinks, LargeTableAdmin):
     list_filter = ("entry_type",)
     list_select_related = ("wave", "wave_task")
     search_fields = ("content", "=instance_id")
-    # Seed 000 §7.3 reads a wave's transcript in sequence order (index on wave, sequence).
+    # A wave's transcript reads in sequence order (index on wave, sequence).
     ordering = ("-execution_id", "sequence")
 
     @admin.display(description="content")
@@ -122,7 +131,7 @@ class WaveStatisticsAdmin(RecordLinks, ReadOnlyAdmin):
 
 @admin.register(WaveProgress)
 class WaveProgressAdmin(RecordLinks, ReadOnlyAdmin):
-    """Seed 000 §7.1, as the v_wave_progress view returns it."""
+    """Progress per wave, as the v_wave_progress database view returns it."""
 
     list_display = (
         "wave_number",
@@ -152,7 +161,7 @@ class WaveProgressAdmin(RecordLinks, ReadOnlyAdmin):
 
 @admin.register(ActiveAgent)
 class ActiveAgentAdmin(RecordLinks, ReadOnlyAdmin):
-    """Seed 000 §7.2, as the v_active_agents view returns it."""
+    """Agents running now, as the v_active_agents database view returns it."""
 
     list_display = (
         "instance_id",
@@ -172,3 +181,103 @@ class ActiveAgentAdmin(RecordLinks, ReadOnlyAdmin):
     @admin.display(description="transcript")
     def transcript(self, obj):
         return changelist_link("observability_transcriptentry", "transcript", agent__id__exact=obj.pk)
+
+
+# --- executions' pages, with this app's columns ----------------------------------------------
+
+
+def _replace(model, model_admin) -> None:
+    admin.site.unregister(model)
+    admin.site.register(model, model_admin)
+
+
+def transcript_of(text, **filters):
+    return changelist_link("observability_transcriptentry", text, **filters)
+
+
+class RunAdmin(executions_admin.ExecutionRunAdmin):
+    record_links = (
+        *executions_admin.ExecutionRunAdmin.record_links,
+        ("observability_transcriptentry", "transcript"),
+        ("observability_tooluse", "tool uses"),
+        ("observability_assertionresult", "assertions"),
+        ("observability_skilltrace", "skill traces"),
+    )
+
+
+class WaveTaskInline(executions_admin.WaveTaskInline):
+    fields = (*executions_admin.WaveTaskInline.fields, "transcript")
+    readonly_fields = fields
+
+    @admin.display(description="transcript")
+    def transcript(self, obj):
+        return transcript_of("transcript", wave_task__id__exact=obj.pk)
+
+
+class WaveAdmin(executions_admin.ParallelExecutionWaveAdmin):
+    list_display = (
+        *executions_admin.ParallelExecutionWaveAdmin.list_display,
+        "transcript_link",
+        "tool_uses_link",
+        "pass_rate",
+    )
+    # The counters come from the wave's statistics row (kept by this app's receivers): one
+    # join instead of a COUNT over transcript entries and tool uses per row.
+    list_select_related = ("statistics",)
+    inlines = [WaveTaskInline]
+    readonly_fields = (
+        *executions_admin.ParallelExecutionWaveAdmin.readonly_fields,
+        "transcript_link",
+        "tool_uses_link",
+    )
+
+    @staticmethod
+    def _stat(obj, name):
+        try:
+            return getattr(obj.statistics, name)
+        except WaveStatistics.DoesNotExist:
+            return None
+
+    @admin.display(description="transcript")
+    def transcript_link(self, obj):
+        count = self._stat(obj, "transcript_entry_count")
+        return transcript_of("entries" if count is None else f"{count} entries", wave__id__exact=obj.pk)
+
+    @admin.display(description="tool uses")
+    def tool_uses_link(self, obj):
+        count = self._stat(obj, "tool_use_count")
+        errors = self._stat(obj, "tool_error_count")
+        text = "tool uses" if count is None else f"{count} ({errors} errors)"
+        return changelist_link("observability_tooluse", text, wave__id__exact=obj.pk)
+
+    @admin.display(description="pass rate")
+    def pass_rate(self, obj):
+        rate = self._stat(obj, "pass_rate")
+        return "-" if rate is None else f"{rate:.0%}"
+
+
+class WaveTaskAdmin(executions_admin.WaveTaskAdmin):
+    list_display = (*executions_admin.WaveTaskAdmin.list_display, "transcript")
+    readonly_fields = (*executions_admin.WaveTaskAdmin.readonly_fields, "transcript", "tool_uses")
+
+    @admin.display(description="transcript")
+    def transcript(self, obj):
+        return transcript_of("transcript", wave_task__id__exact=obj.pk)
+
+    @admin.display(description="tool uses")
+    def tool_uses(self, obj):
+        return changelist_link("observability_tooluse", "tool uses", wave_task__id__exact=obj.pk)
+
+
+class AgentAdmin(executions_admin.BuildAgentInstanceAdmin):
+    list_display = (*executions_admin.BuildAgentInstanceAdmin.list_display, "transcript")
+
+    @admin.display(description="transcript")
+    def transcript(self, obj):
+        return transcript_of("transcript", agent__id__exact=obj.pk)
+
+
+_replace(ExecutionRun, RunAdmin)
+_replace(ParallelExecutionWave, WaveAdmin)
+_replace(WaveTask, WaveTaskAdmin)
+_replace(BuildAgentInstance, AgentAdmin)

@@ -8,7 +8,6 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from executions import services
 from executions.admin import EstimatedCountPaginator
 from executions.models import (
     BuildAgentInstance,
@@ -212,10 +211,10 @@ def test_estimated_count_paginator_uses_reltuples_unfiltered(monkeypatch):
 
 
 def waiting_gate():
+    """A run whose gate step waits for approval (set directly: the executor would have)."""
     populate(1)
-    gate = WaveTask.objects.get(key="gate")
-    services.transition(gate, TaskStatus.WAITING_APPROVAL, reason="gate reached")
-    return gate
+    WaveTask.objects.filter(key="gate").update(status=TaskStatus.WAITING_APPROVAL)
+    return WaveTask.objects.get(key="gate")
 
 
 def act(client, model, action, pks):
@@ -305,3 +304,74 @@ def test_approval_filter_lists_waiting_steps(superuser_client):
     gate = waiting_gate()
     page = superuser_client.get(url(WaveTask, "changelist") + "?approval=waiting")
     assert list(page.context["cl"].result_list) == [gate]
+
+
+# --- layering: observability adds its columns to executions' pages ------------------------------
+
+
+def test_executions_pages_carry_no_observability_columns_and_observability_adds_them():
+    import executions.admin as executions_admin
+    import observability.admin as observability_admin
+
+    wave_admin = admin.site._registry[ParallelExecutionWave]
+    assert type(wave_admin) is observability_admin.WaveAdmin
+    assert isinstance(wave_admin, executions_admin.ParallelExecutionWaveAdmin)
+    base = executions_admin.ParallelExecutionWaveAdmin
+    assert not {"transcript_link", "tool_uses_link", "pass_rate"} & set(base.list_display)
+    assert base.list_select_related is False  # no join onto observability's statistics table
+    assert {"transcript_link", "tool_uses_link", "pass_rate"} <= set(wave_admin.list_display)
+    assert "transcript" not in executions_admin.WaveTaskAdmin.list_display
+    assert "transcript" in admin.site._registry[WaveTask].list_display
+    assert "transcript" not in executions_admin.BuildAgentInstanceAdmin.list_display
+    assert "transcript" in admin.site._registry[BuildAgentInstance].list_display
+    assert not any(
+        label.startswith("observability_") for label, _ in executions_admin.ExecutionRunAdmin.record_links
+    )
+
+
+def test_wave_changelist_shows_counters_from_the_statistics_row(superuser_client):
+    populate(2)
+    wave = ParallelExecutionWave.objects.filter(wave_number=0).first()
+    WaveStatistics.objects.filter(wave=wave).update(tool_error_count=1, pass_rate=0.5)
+    page = superuser_client.get(url(ParallelExecutionWave, "changelist")).content.decode()
+    assert f'?wave__id__exact={wave.pk}">4 entries</a>' in page
+    assert f'?wave__id__exact={wave.pk}">2 (1 errors)</a>' in page
+    assert "50%" in page
+
+
+def test_run_page_links_to_the_records_of_both_apps(superuser_client):
+    populate(1)
+    run = ExecutionRun.objects.get()
+    page = superuser_client.get(url(ExecutionRun, "change", run.pk)).content.decode()
+    for model in (
+        ParallelExecutionWave,
+        WaveTask,
+        TaskStatusAudit,
+        Event,
+        TranscriptEntry,
+        ToolUse,
+        SkillTrace,
+    ):
+        assert f"{url(model, 'changelist')}?execution__id__exact={run.pk}" in page
+
+
+@pytest.mark.parametrize(
+    "wall, task, gate_wait, shown",
+    [
+        (10.0, 25.0, 0.0, "2.50x"),
+        (100.0, 90.0, 70.0, "3.00x"),  # 70 s at a gate is not charged to the run
+        (100.0, 90.0, 100.0, "-"),  # all of it at a gate: nothing to divide by
+        (5000.0, 0.001, 0.0, "-"),  # never "0.00x"
+    ],
+)
+def test_run_changelist_speedup_leaves_out_gate_wait_and_never_shows_zero(
+    superuser_client, wall, task, gate_wait, shown
+):
+    populate(1)
+    run = ExecutionRun.objects.get()
+    ExecutionRun.objects.filter(pk=run.pk).update(
+        wall_seconds=wall, task_seconds=task, gate_wait_seconds=gate_wait
+    )
+    page = superuser_client.get(url(ExecutionRun, "changelist"))
+    assert admin.site._registry[ExecutionRun].speedup(page.context["cl"].result_list[0]) == shown
+    assert b"0.00x" not in page.content

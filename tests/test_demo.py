@@ -9,9 +9,10 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command, get_commands
+from django.core.management import call_command
 
 from executions.management.commands import tidewatch_demo
+from executions.models import ExecutionRun
 from waves.models import TaskList
 
 pytestmark = pytest.mark.django_db
@@ -70,55 +71,45 @@ def test_a_generated_password_is_printed_once_and_kept(monkeypatch, no_examples)
     assert get_user_model().objects.get(username="admin").check_password(password)
 
 
-def test_every_example_is_imported_and_reimporting_replaces_it(monkeypatch):
-    if "import_tasklist" not in get_commands():
-        pytest.skip("import_tasklist is not there yet")
+def test_every_example_is_imported_once_and_again_only_when_its_file_changes(monkeypatch, tmp_path):
     files = tidewatch_demo.example_files(tidewatch_demo.EXAMPLES_DIR)
-    if not files:
-        pytest.skip("examples/ holds no file yet")
+    assert files, "examples/ holds no file"
     monkeypatch.setenv("TIDEWATCH_ADMIN_PASSWORD", "pw-for-examples")
-
     out, err = demo()
     assert "not imported" not in err, err
-    live = TaskList.objects.filter(archived_at__isnull=True)
-    assert live.count() == len(files), out
+    assert TaskList.objects.filter(archived_at__isnull=True).count() == len(files), out
 
-    demo()  # --replace: the same live lists, not a second copy of each
-    assert TaskList.objects.filter(archived_at__isnull=True).count() == len(files)
+    again, _ = demo()  # nothing changed: nothing imported, no archived copy piles up
+    assert TaskList.objects.count() == len(files)
+    assert again.count("unchanged") == len(files)
+
+    copies = tmp_path / "examples"
+    copies.mkdir()
+    for path in files:
+        (copies / path.name).write_text(path.read_text())
+    etl = copies / "etl.yaml"
+    etl.write_text(etl.read_text().replace("max_parallelism: 4", "max_parallelism: 3"))
+    out, _ = demo("--examples", str(copies))
+    assert "imported etl.yaml" in out and out.count("unchanged") == len(files) - 1
+    assert TaskList.objects.count() == len(files) + 1  # the old etl archived, the new one live
+    assert TaskList.objects.get(title="nightly-etl", archived_at__isnull=True).max_parallelism == 3
 
 
-def test_missing_commands_are_skipped_with_a_message(monkeypatch):
-    monkeypatch.setattr(tidewatch_demo, "command_exists", lambda name: False)
-    monkeypatch.setenv("TIDEWATCH_ADMIN_PASSWORD", "pw-skip")
-    out, _ = demo("--start-run")
-    assert "import_tasklist command is not available yet" in out
-    assert "run_tasklist command is not available yet" in out
-    assert get_user_model().objects.filter(username="admin").exists()
-
-
-def test_start_run_launches_a_simulated_pipeline_run_detached(monkeypatch, settings, tmp_path):
+def test_start_run_lays_out_a_simulated_run_and_names_its_id(monkeypatch, settings, tmp_path):
     settings.VAR_DIR = tmp_path / "var"
-    launched = {}
-
-    class FakePopen:
-        pid = 4242
-
-        def __init__(self, args, **kwargs):
-            launched.update(args=args, **kwargs)
-
-    monkeypatch.setattr(tidewatch_demo, "command_exists", lambda name: name == "run_tasklist")
-    monkeypatch.setattr(tidewatch_demo.subprocess, "Popen", FakePopen)
-    note = tidewatch_demo.Command().start_run({"multi_platform.pipeline": "17"})
-
-    assert launched["args"] == [sys.executable, "manage.py", "run_tasklist", "17", "--simulate", "1"]
-    assert launched["start_new_session"] is True
-    assert launched["stdin"] == subprocess.DEVNULL
-    assert "pid 4242" in note and str(tmp_path / "var" / "demo-run.log") in note
+    monkeypatch.setenv("TIDEWATCH_ADMIN_PASSWORD", "pw-run")
+    spawned = []
+    monkeypatch.setattr(tidewatch_demo.services, "run_spawn", lambda run: spawned.append(run) or 4242)
+    out, _ = demo("--start-run")
+    run = ExecutionRun.objects.get()
+    assert spawned == [run] and run.status == "pending" and run.simulate_scale == 1.0
+    assert run.task_list.title == "multi_platform"
+    assert f"Demo run: run {run.pk} of multi_platform started (executor pid 4242" in out
+    assert f"run_status {run.pk} --watch" in out
 
 
-def test_start_run_is_skipped_when_the_demo_example_was_not_imported(monkeypatch):
-    monkeypatch.setattr(tidewatch_demo, "command_exists", lambda name: True)
-    assert "was not imported" in tidewatch_demo.Command().start_run({})
+def test_start_run_is_skipped_when_the_demo_example_was_not_imported():
+    assert "was not imported" in tidewatch_demo.Command().start_run(None)
 
 
 def free_port() -> int:

@@ -1,8 +1,9 @@
-"""Reads of definitions: lookup, the executable graph, durations and the plan."""
+"""Reads of definitions: lookup, the executable graph, estimated durations and the plan.
+
+Nothing here reads runs: this app imports nothing from `executions` (which depends on it)."""
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -17,8 +18,11 @@ class TaskListNotFound(TaskList.DoesNotExist):
 def task_list_get(id_or_name: str | int) -> TaskList:
     """A live list by title, else any list (archived too, for history) by id."""
     text = str(id_or_name).strip()
+    if "\x00" in text:  # no title holds a NUL (PostgreSQL refuses one in a query)
+        raise TaskListNotFound(f"no task list with id or name {text!r}")
     found = TaskList.objects.filter(title=text, archived_at__isnull=True).first()
-    if found is None and text.isdigit():
+    # An id: ASCII digits, no larger than the id column holds (PostgreSQL raises past it).
+    if found is None and text.isascii() and text.isdigit() and int(text) < 2**63:
         found = TaskList.objects.filter(pk=int(text)).first()
     if found is None:
         raise TaskListNotFound(f"no task list with id or name '{text}'")
@@ -50,37 +54,19 @@ def task_list_graph(task_list: TaskList) -> tuple[list[str], list[tuple[str, str
     return nodes, list(dict.fromkeys(edges))
 
 
-HISTORY_RUNS = 5
+def task_estimates(task_list: TaskList) -> dict[str, float | None]:
+    """Each executable task's `estimated_minutes` as the definition gives it (None: none)."""
+    tasks = Task.objects.filter(task_list=task_list).exclude(kind=Task.Kind.GROUP)
+    return dict(tasks.values_list("key", "estimated_minutes"))
 
 
 def task_durations(task_list: TaskList) -> dict[str, float]:
-    """Minutes per executable task: its estimate, else the median of its last 5 successful
-    runs in lists of the same title (so history survives --replace), else 1."""
-    from executions.models import WaveTask  # executions depends on waves, not the reverse
+    """Minutes per executable task from the definition alone: its estimate, else 1.
 
-    tasks = Task.objects.filter(task_list=task_list).exclude(kind=Task.Kind.GROUP)
-    out = {key: est for key, est in tasks.values_list("key", "estimated_minutes")}
-    missing = [k for k, v in out.items() if v is None]
-    history = defaultdict(list)
-    if missing:
-        rows = (
-            WaveTask.objects.filter(
-                status="succeeded",
-                parent__isnull=True,
-                task__task_list__title=task_list.title,
-                task__key__in=missing,
-                started_at__isnull=False,
-                completed_at__isnull=False,
-            )  # fmt: skip
-            .order_by("-completed_at")
-            .values_list("task__key", "started_at", "completed_at")
-        )
-        for key, start, end in rows.iterator():
-            if len(history[key]) < HISTORY_RUNS:
-                history[key].append((end - start).total_seconds() / 60)
-    for key in missing:
-        out[key] = statistics.median(history[key]) if history[key] else 1.0
-    return out
+    The medians of past runs are not read here: runs belong to `executions`, which depends
+    on this app, never the reverse. `executions.selectors.task_durations` adds them (the
+    executor schedules with those)."""
+    return {key: 1.0 if minutes is None else minutes for key, minutes in task_estimates(task_list).items()}
 
 
 @dataclass
@@ -94,15 +80,22 @@ class Plan:
     max_parallelism: int
     estimated_total: float  # greedy schedule at max_parallelism, minutes
     serial_total: float  # one after another, minutes
+    unestimated: list[str]  # tasks with no duration given: counted as 1 minute each
 
     @property
     def saving(self) -> float:
         return self.serial_total - self.estimated_total
 
 
-def task_list_plan(task_list: TaskList) -> Plan:
+def task_list_plan(task_list: TaskList, durations: dict[str, float] | None = None) -> Plan:
+    """The waves, critical path, width and estimated totals of a list. `durations` (minutes
+    per task key) default to the definition's estimates; a task without one counts 1 minute."""
     nodes, edges = task_list_graph(task_list)
-    durations = task_durations(task_list)
+    if durations is None:
+        estimates = task_estimates(task_list)
+        durations = {key: minutes for key, minutes in estimates.items() if minutes is not None}
+    unestimated = [key for key in nodes if durations.get(key) is None]
+    durations = {key: durations.get(key, 1.0) for key in nodes}
     analysis = dag.analyze(nodes, edges, durations)
     info = {
         key: (group, title)
@@ -122,4 +115,5 @@ def task_list_plan(task_list: TaskList) -> Plan:
         max_parallelism=task_list.max_parallelism,
         estimated_total=dag.estimate_makespan(analysis, durations, task_list.max_parallelism),
         serial_total=sum(durations.values()),
+        unestimated=unestimated,
     )

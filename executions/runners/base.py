@@ -1,25 +1,40 @@
-"""The runner interface between the engine and whatever runs a task's process.
+"""The runner seam between the engine and whatever runs a task's process.
 
-The engine decides what runs when and records everything; a runner only starts
-attempts, reports what they print and how they end, and stops them on request. The
-local runner uses OS processes on this machine; a Celery runner reports the same
-events from workers elsewhere.
+The engine decides what runs when and records everything; a runner only starts attempts,
+reports what happens to them, and stops them on request. Everything a runner needs comes
+in the `LaunchSpec`, so a worker on another machine (no access to the executor's disk)
+can run the attempt from it alone. The local runner keeps files, directories and
+processes to itself; what comes back is a stream of events from `poll()`:
+
+- `Started`: the attempt's process is up (pid and host). It comes from the runner, after
+  `launch()` returned, because a remote worker starts it later and elsewhere.
+- `Output`: a line it printed (`stdout`, `stderr`) or a note from the runner (`system`).
+- `Finished`: how it ended, its outputs and its `$TIDEWATCH_EVENTS` lines. An attempt that
+  could not be started at all finishes with `exit_code=None` and `error` saying why.
+  `launch()` never raises for something about the attempt itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class LaunchSpec:
-    handle: str  # unique per attempt within the run, e.g. "extract#2"
-    command: str
-    env: dict[str, str]
-    work_dir: Path  # holds output.json, inputs.json and events.jsonl of the attempt
+    run_id: int
+    key: str  # the step's key in the run, e.g. "extract" or "per_region[2]"
+    attempt: int  # 1, 2, ... over the step's whole life in the run (retries and iterations)
+    command: str  # the shell command, every `${...}` already substituted and quoted
+    inputs: dict[str, Any] = field(default_factory=dict)  # resolved: $TIDEWATCH_INPUTS
+    env: dict[str, str] = field(default_factory=dict)  # the task's own variables and TIDEWATCH_*
     timeout_s: float | None = None
+    queue: str | None = None  # where a distributed runner sends it (None: the default)
+
+    @property
+    def handle(self) -> str:
+        """Names the attempt in every event about it: unique within the run."""
+        return f"{self.key}#{self.attempt}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,30 +42,36 @@ class Started:
     handle: str
     pid: int
     hostname: str
+    at: float | None = None  # when it started (time.time()); None: when it is reported
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
     handle: str
-    stream: str  # "stdout" or "stderr"
+    stream: str  # "stdout", "stderr" or "system" (a note from the runner, e.g. a truncation)
     text: str
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
     handle: str
-    exit_code: int | None
+    exit_code: int | None  # None: it never started (see error) or its end was not seen
     timed_out: bool = False
-    cancelled: bool = False
+    cancelled: bool = False  # terminated on request (terminate / terminate_all)
     outputs: dict | None = None
-    output_error: str | None = None  # $TIDEWATCH_OUTPUT was written but is not a JSON object
-    events: list[str] = field(default_factory=list)  # raw lines of $TIDEWATCH_EVENTS
+    output_error: str | None = None  # $TIDEWATCH_OUTPUT was written but cannot be used
+    events: list[str] = field(default_factory=list)  # lines of $TIDEWATCH_EVENTS, capped
+    error: str | None = None  # it could not be started: why
+    at: float | None = None  # when it ended (time.time()); None: when it is reported
+
+
+RunnerEvent = Started | Output | Finished
 
 
 class Runner(Protocol):
-    def launch(self, spec: LaunchSpec) -> Started: ...
+    def launch(self, spec: LaunchSpec) -> None: ...
 
-    def poll(self, timeout: float) -> list[Output | Finished]: ...
+    def poll(self, timeout: float) -> list[RunnerEvent]: ...
 
     def terminate(self, handle: str) -> None: ...
 

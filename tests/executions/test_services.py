@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from executions import services
+from executions import services, transitions
 from executions.models import ConcurrentExecutionSession, Event, TaskStatus, TaskStatusAudit, WaveTask
 from tests.factories import run_with_waves, task_list
 
@@ -22,7 +22,7 @@ def replay(wave_task) -> str | None:
 def test_transition_writes_status_audit_and_event_together():
     run = run_with_waves(task_list(), [["a", "b"], ["c"]])
     wt = WaveTask.objects.get(execution=run, key="a")
-    changed = services.transition(wt, TaskStatus.RUNNING, reason="started")
+    changed = services.transition(wt, TaskStatus.RUNNING, expected=TaskStatus.PENDING, reason="started")
     assert changed == [wt]
     wt.refresh_from_db()
     assert wt.status == TaskStatus.RUNNING
@@ -32,12 +32,15 @@ def test_transition_writes_status_audit_and_event_together():
     assert replay(wt) == TaskStatus.RUNNING
 
 
-def test_transition_respects_allowed_from():
+def test_transition_moves_only_rows_in_the_expected_status_and_reports_the_others():
     run = run_with_waves(task_list(), [["a", "b"]])
     a, b = WaveTask.objects.filter(execution=run).order_by("key")
-    services.transition(a, TaskStatus.RUNNING)
-    changed = services.transition([a, b], TaskStatus.QUEUED, allowed_from=[TaskStatus.PENDING])
+    services.transition(a, TaskStatus.RUNNING, expected=TaskStatus.PENDING)
+    stale_a = WaveTask.objects.get(pk=a.pk)
+    stale_a.status = TaskStatus.PENDING  # what a process that read it earlier believes
+    changed = services.transition([stale_a, b], TaskStatus.QUEUED, expected=TaskStatus.PENDING)
     assert [wt.key for wt in changed] == ["b"]
+    assert changed.lost == [(stale_a, TaskStatus.RUNNING)] and stale_a.status == TaskStatus.RUNNING
     assert replay(WaveTask.objects.get(pk=a.pk)) == TaskStatus.RUNNING
     assert replay(WaveTask.objects.get(pk=b.pk)) == TaskStatus.QUEUED
 
@@ -46,14 +49,14 @@ def test_a_batch_writes_audit_events_and_session_peaks_in_time_order():
     run = run_with_waves(task_list(), [["a", "b"], ["c"]])
     session = services.session_join(run, timezone.now())
     a, b, c = WaveTask.objects.filter(execution=run).order_by("key")
-    services.transition([a, b], TaskStatus.RUNNING)  # outside a batch: written at once
+    services.transition([a, b], TaskStatus.RUNNING, expected=TaskStatus.PENDING)  # outside a batch: at once
     t1 = timezone.now() + timedelta(seconds=1)
     t2 = t1 + timedelta(seconds=1)
     first_event = Event.objects.order_by("-id").values_list("id", flat=True).first()
     with transaction.atomic(), services.batch():
         # Called out of order: c starts (t2) before a and b are recorded as done (t1).
-        services.transition(c, TaskStatus.RUNNING, now=t2)
-        services.transition([a, b], TaskStatus.SUCCEEDED, now=t1)
+        services.transition(c, TaskStatus.RUNNING, expected=TaskStatus.PENDING, now=t2)
+        services.transition([a, b], TaskStatus.SUCCEEDED, expected=TaskStatus.RUNNING, now=t1)
         assert not Event.objects.filter(id__gt=first_event).exists()  # not written yet
     session = ConcurrentExecutionSession.objects.get(pk=session.pk)
     # Two ran at once, never three: a and b ended (t1) before c started (t2).
@@ -74,11 +77,11 @@ def test_a_batch_writes_audit_events_and_session_peaks_in_time_order():
 
 
 def test_a_big_transition_goes_in_chunks_in_one_transaction(monkeypatch):
-    monkeypatch.setattr(services, "CHUNK", 2)
+    monkeypatch.setattr(transitions, "CHUNK", 2)
     run = run_with_waves(task_list(), [["a", "b"], ["c"]])
     rows = list(WaveTask.objects.filter(execution=run).order_by("key"))
-    services.transition(rows[0], TaskStatus.RUNNING)
-    changed = services.transition(rows, TaskStatus.QUEUED, allowed_from=[TaskStatus.PENDING], reason="r")
+    services.transition(rows[0], TaskStatus.RUNNING, expected=TaskStatus.PENDING)
+    changed = services.transition(rows, TaskStatus.QUEUED, expected=[TaskStatus.PENDING], reason="r")
     assert [wt.key for wt in changed] == ["b", "c"]
     assert dict(WaveTask.objects.filter(execution=run).values_list("key", "status")) == {
         "a": "running",

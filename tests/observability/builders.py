@@ -23,8 +23,7 @@ def agent_for(wt: WaveTask) -> BuildAgentInstance:
                 wave_task=wt,
                 started_at=AT,
             )
-        ],
-        AT,
+        ]
     )
     return agent
 

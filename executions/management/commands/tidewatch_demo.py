@@ -1,22 +1,23 @@
 """Prepare a demo instance: an `admin` superuser, the examples imported, optionally a live run.
 
-`make run` calls this between `migrate` and `daphne`. Each step is idempotent, and each step
-that depends on a command another part of the project provides (`import_tasklist`,
-`run_tasklist`) is skipped with a message while that command does not exist.
+`make run` calls this between `migrate` and `daphne`. Each step is idempotent: the admin is
+created once, an example is imported again only when its file changed, and `--start-run`
+lays out a new run of the demo example and starts a detached executor for it.
 """
 
+import json
 import os
-import re
 import secrets
-import subprocess
-import sys
-from io import StringIO
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
+
+from executions import services
+from waves.loaders import DefinitionError, load_path
+from waves.models import TaskList
+from waves.services import task_list_import
 
 ADMIN_USERNAME = "admin"
 EXAMPLES_DIR = settings.BASE_DIR / "examples"
@@ -24,7 +25,7 @@ EXAMPLES_DIR = settings.BASE_DIR / "examples"
 # Seed 003's multi-platform pipeline, simulated at one second per minute: about two minutes of
 # waves, concurrent groups and agents to watch (the ETL example is over in a few seconds).
 DEMO_RUN_EXAMPLE = "multi_platform.pipeline"
-DEMO_RUN_ARGS = ["--simulate", "1"]
+DEMO_RUN_SIMULATE = 1.0
 
 
 def admin_ensure(*, password: str | None) -> tuple[bool, str | None]:
@@ -57,10 +58,6 @@ def example_files(directory: Path) -> list[Path]:
     )
 
 
-def command_exists(name: str) -> bool:
-    return name in get_commands()
-
-
 class Command(BaseCommand):
     help = (
         "Create or update the 'admin' superuser (password from TIDEWATCH_ADMIN_PASSWORD, else "
@@ -81,56 +78,49 @@ class Command(BaseCommand):
         password = os.environ.get("TIDEWATCH_ADMIN_PASSWORD") or None
         created, password_set = admin_ensure(password=password)
         imported = self.import_examples(Path(options["examples"]))
-        run_note = self.start_run(imported) if options["start_run"] else None
+        run_note = self.start_run(imported.get(DEMO_RUN_EXAMPLE)) if options["start_run"] else None
         self.print_summary(options["url"], created, password_set, from_env=password is not None)
         if run_note:
             self.stdout.write(run_note)
 
     # --- examples ------------------------------------------------------------------------
 
-    def import_examples(self, directory: Path) -> dict[str, str]:
-        """Import each example with `import_tasklist PATH --replace`; return {file name: id}."""
-        if not command_exists("import_tasklist"):
-            self.stdout.write("Examples: skipped (the import_tasklist command is not available yet).")
-            return {}
+    def import_examples(self, directory: Path) -> dict[str, TaskList]:
+        """Import each example that is new or changed since it was imported (the live list of
+        its name is archived and replaced); returns {file name: live task list}."""
         files = example_files(directory)
         if not files:
             self.stdout.write(f"Examples: none found in {directory}.")
             return {}
-        imported = {}
+        lists = {}
         for path in files:
-            out = StringIO()
             try:
-                call_command("import_tasklist", str(path), "--replace", stdout=out, stderr=StringIO())
-            except (Exception, SystemExit) as exc:  # one bad file never stops the demo
+                definition = load_path(path)
+                live = TaskList.objects.filter(title=definition.name, archived_at__isnull=True).first()
+                if live is not None and same_definition(live.definition, definition.to_json()):
+                    lists[path.name] = live
+                    self.stdout.write(f"Examples: {path.name} unchanged (task list {live.pk})")
+                    continue
+                tl = task_list_import(definition=definition, replace=True, source_path=str(path))
+            except DefinitionError as exc:  # one bad file never stops the demo
                 self.stderr.write(f"Examples: {path.name} not imported: {exc}")
                 continue
-            ident = printed_id(out.getvalue())
-            imported[path.name] = ident or path.stem
-            self.stdout.write(f"Examples: imported {path.name}" + (f" (task list {ident})" if ident else ""))
-        return imported
+            lists[path.name] = tl
+            self.stdout.write(f"Examples: imported {path.name} (task list {tl.pk})")
+        return lists
 
     # --- background run --------------------------------------------------------------------
 
-    def start_run(self, imported: dict[str, str]) -> str:
-        if not command_exists("run_tasklist"):
-            return "Demo run: skipped (the run_tasklist command is not available yet)."
-        if DEMO_RUN_EXAMPLE not in imported:
+    def start_run(self, task_list: TaskList | None) -> str:
+        if task_list is None:
             return f"Demo run: skipped (examples/{DEMO_RUN_EXAMPLE} was not imported)."
-        log_path = Path(settings.VAR_DIR) / "demo-run.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            # Detached: its own session, so it outlives this command and ignores the terminal's ^C.
-            proc = subprocess.Popen(
-                [sys.executable, "manage.py", "run_tasklist", imported[DEMO_RUN_EXAMPLE], *DEMO_RUN_ARGS],
-                cwd=settings.BASE_DIR,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return f"Demo run: started run_tasklist {imported[DEMO_RUN_EXAMPLE]} (pid {proc.pid}), log {log_path}"
-
+        run = services.run_start(task_list, simulate=DEMO_RUN_SIMULATE)
+        pid = services.run_spawn(run)
+        log = Path(settings.VAR_DIR) / "runs" / f"run-{run.pk}.log"
+        return (
+            f"Demo run: run {run.pk} of {task_list.title} started (executor pid {pid}, log {log}).\n"
+            f"  Follow it with: python manage.py run_status {run.pk} --watch"
+        )
     # --- output ---------------------------------------------------------------------------
 
     def print_summary(self, url: str, created: bool, password: str | None, *, from_env: bool):
@@ -149,7 +139,14 @@ class Command(BaseCommand):
         self.stdout.write("")
 
 
-def printed_id(text: str) -> str | None:
-    """The id `import_tasklist` prints: the first line that is a bare number."""
-    found = re.search(r"^\s*(\d+)\s*$", text, re.MULTILINE)
-    return found.group(1) if found else None
+def same_definition(stored: dict, new: dict) -> bool:
+    """Whether an example's file still holds what was imported (where it was read from aside)."""
+    drop = {"source"}
+    return {k: v for k, v in stored.items() if k not in drop} == {
+        k: v for k, v in json_roundtrip(new).items() if k not in drop
+    }
+
+
+def json_roundtrip(value: dict) -> dict:
+    """As a JSON column gives it back (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value))

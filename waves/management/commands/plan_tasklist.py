@@ -1,3 +1,16 @@
+"""python manage.py plan_tasklist ID_OR_NAME [--json] [--format text|mermaid|markdown]
+
+The plan of a task list: its waves, critical path, width and estimated total time.
+
+Durations are the tasks' `estimated_minutes`, else 1 minute. The medians of past runs that
+the executor also uses for tasks without an estimate (`executions.selectors.task_durations`)
+are not read: this command belongs to `waves`, which imports nothing from `executions`, and
+a plan of the definition stays the same whatever ran before. The text and markdown outputs
+say how many tasks had no estimate.
+
+Exit 2 when the task list does not exist (as every command does for something not found).
+"""
+
 import json
 
 from django.core.management.base import BaseCommand, CommandError
@@ -26,7 +39,14 @@ def render_text(plan: Plan) -> str:
         f"Estimated total at max_parallelism {plan.max_parallelism}: {_fmt(plan.estimated_total)}"
         f" (one after another: {_fmt(plan.serial_total)})",
     ]
+    if plan.unestimated:
+        lines.append(_unestimated_note(plan))
     return "\n".join(lines)
+
+
+def _unestimated_note(plan: Plan) -> str:
+    n = len(plan.unestimated)
+    return f"{n} task{'s' if n != 1 else ''} without estimated_minutes counted as 1 min each."
 
 
 def render_mermaid(plan: Plan) -> str:
@@ -47,7 +67,8 @@ def render_mermaid(plan: Plan) -> str:
 
 
 def render_markdown(plan: Plan) -> str:
-    """Seed 003's parallelization analysis."""
+    """The parallelization analysis: waves of concurrent groups, critical path, estimated time
+    one after another and in parallel, and the dependency graph."""
     a = plan.analysis
     out = [f"# Parallelization analysis: {plan.task_list.title}", "", "## Waves", ""]
     for i, wave in enumerate(a.waves):
@@ -74,6 +95,7 @@ def render_markdown(plan: Plan) -> str:
         f"| Saving | {plan.saving:g} ({pct:.0f}%) |",
         "",
         f"Width: {a.width} tasks can run at once.",
+        *(["", _unestimated_note(plan)] if plan.unestimated else []),
         "",
         "## Dependency graph",
         "",
@@ -96,7 +118,7 @@ class Command(BaseCommand):
         try:
             plan = task_list_plan(task_list_get(task_list))
         except TaskListNotFound as exc:
-            raise CommandError(str(exc), returncode=1)
+            raise CommandError(str(exc), returncode=2) from None
         if json:
             a = plan.analysis
             self.stdout.write(_dumps({"waves": a.waves, "critical_path": a.critical_path, "width": a.width}))

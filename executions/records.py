@@ -1,0 +1,146 @@
+"""The records every change leaves: audit rows, event-log rows and session counter moves.
+
+Written in the transaction of the change they record. Inside `batch()` (the executor wraps
+each turn of its loop in one) they are gathered and written when the block ends, ordered by
+time: one INSERT for the audit, one for the events and one UPDATE per session, instead of
+one each per change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from contextlib import contextmanager
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+
+from executions.models import ConcurrentExecutionSession, Event, ExecutionRun, TaskStatusAudit
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, as every payload and API shows times."""
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+class _Batch:
+    """What `batch()` gathers. Written in the order of their times, not of the calls: the
+    executor starts the steps a success unblocks before it records that success (so they
+    start sooner), and the audit, the event log and the session peaks still read in causal
+    order."""
+
+    def __init__(self):
+        self.audits: list[TaskStatusAudit] = []
+        self.events: list[Event] = []
+        self.counts: dict[int, list[tuple]] = defaultdict(list)  # session -> moves
+
+    def write(self) -> None:
+        if self.audits:
+            TaskStatusAudit.objects.bulk_create(sorted(self.audits, key=lambda a: a.changed_at))
+        if self.events:
+            Event.objects.bulk_create(sorted(self.events, key=lambda e: e.created_at))
+        for session_id, moves in self.counts.items():
+            # At equal times a finish comes before a start: the peak is not inflated.
+            moves.sort(key=lambda m: (m[0], m[1] + m[2] > 0))
+            tasks = agents = tasks_high = agents_high = started = 0
+            for _, t, a, s in moves:
+                tasks, agents, started = tasks + t, agents + a, started + s
+                tasks_high, agents_high = max(tasks_high, tasks), max(agents_high, agents)
+            _session_update(
+                session_id, tasks=tasks, agents=agents, tasks_high=tasks_high, agents_high=agents_high,
+                started=started,
+            )  # fmt: skip
+
+
+_local = threading.local()
+
+
+def _pending() -> _Batch | None:
+    return getattr(_local, "batch", None)
+
+
+@contextmanager
+def batch():
+    """Inside a transaction: gather the audit rows, event-log rows and session counter
+    moves of many changes and write them when the block ends, ordered by time. Status
+    updates themselves are not deferred."""
+    if _pending() is not None:
+        yield
+        return
+    assert transaction.get_connection().in_atomic_block, "batch() belongs inside transaction.atomic()"
+    _local.batch = pending = _Batch()
+    try:
+        yield
+    finally:
+        _local.batch = None
+    pending.write()
+
+
+def audits_write(rows: list[TaskStatusAudit]) -> None:
+    if (pending := _pending()) is not None:
+        pending.audits.extend(rows)
+    else:
+        TaskStatusAudit.objects.bulk_create(rows)
+
+
+def events_write(rows: Iterable[tuple[int | None, str, dict]], now: datetime) -> None:
+    """Append (execution_id, type, payload) rows to the event log."""
+    events_add([Event(execution_id=ex, type=type_, payload=payload, created_at=now) for ex, type_, payload in rows])
+
+
+def events_add(events: list[Event]) -> None:
+    if (pending := _pending()) is not None:
+        pending.events.extend(events)
+    else:
+        Event.objects.bulk_create(events)
+
+
+# --- the running counters of sessions ------------------------------------------------------------
+
+_session_of_run: dict[int, int] = {}
+
+
+def session_remember(execution_id: int, session_id: int) -> None:
+    _session_of_run[execution_id] = session_id
+
+
+def _session_id(execution_id: int) -> int | None:
+    """A run's session never changes once joined: remember it instead of asking each time."""
+    session_id = _session_of_run.get(execution_id)
+    if session_id is None:
+        session_id = ExecutionRun.objects.filter(pk=execution_id).values_list("session_id", flat=True).first()
+        if session_id:
+            _session_of_run[execution_id] = session_id
+    return session_id
+
+
+def session_move(execution_id: int, now: datetime, *, tasks: int = 0, agents: int = 0, started: int = 0):
+    """Move the running counters of the run's session (and count agents started)."""
+    session_id = _session_id(execution_id)
+    if not session_id:
+        return
+    if (pending := _pending()) is not None:
+        pending.counts[session_id].append((now, tasks, agents, started))
+    else:
+        _session_update(
+            session_id, tasks=tasks, agents=agents, tasks_high=tasks, agents_high=agents, started=started
+        )
+
+
+def _session_update(
+    session_id: int, *, tasks: int, agents: int, tasks_high: int, agents_high: int, started: int
+) -> None:
+    """One UPDATE that moves the running counters by `tasks` and `agents` and keeps exact
+    peaks: `*_high` is the highest the counter rose on the way (a batch may finish some
+    tasks before it starts others). The right-hand sides see the row as it was before this
+    statement, under the row lock, so the peak is exact whichever process runs it."""
+    ConcurrentExecutionSession.objects.filter(pk=session_id).update(
+        running_tasks=F("running_tasks") + tasks,
+        running_agents=F("running_agents") + agents,
+        total_agent_count=F("total_agent_count") + started,
+        peak_concurrent_tasks=Greatest(F("peak_concurrent_tasks"), F("running_tasks") + tasks_high),
+        peak_concurrent_agents=Greatest(F("peak_concurrent_agents"), F("running_agents") + agents_high),
+    )

@@ -1,0 +1,291 @@
+"""The one place a task in a run changes status (and waves and agents theirs).
+
+`transition()` checks every move against `ALLOWED`, moves only the rows that are in the
+status the caller expects (read under a row lock, so two processes racing on one task never
+both win), and writes for each change its `task_status_audit` row and its event-log row in
+the same transaction. A row found in another status is not touched: it is reported back
+(`Moved.lost`) for the caller to act on, never overwritten. `wave_tasks_create()` writes
+the first status of new rows the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from executions.capture import StatusChange
+from executions.models import (
+    AgentStatus,
+    BuildAgentInstance,
+    Event,
+    ParallelExecutionWave,
+    TaskStatus,
+    TaskStatusAudit,
+    WaveTask,
+)
+from executions.records import audits_write, events_add, events_write, iso, session_move
+from executions.signals import agent_changed, task_status_changed, wave_changed
+
+S = TaskStatus
+# Rows per IN (...) list: PostgreSQL takes at most 65,535 parameters in one statement.
+CHUNK = 10_000
+
+# Every move a task in a run may make. None is "not created yet": a row starts pending, or
+# succeeded when a resume carries a success over. Final statuses go nowhere.
+ALLOWED: dict[str | None, frozenset[str]] = {
+    None: frozenset({S.PENDING, S.SUCCEEDED}),
+    S.PENDING: frozenset({S.QUEUED, S.RUNNING, S.WAITING_APPROVAL, S.FAILED, S.SKIPPED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
+    S.WAITING_APPROVAL: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
+    # Back to queued: a retry, or the next iteration of a repeat.
+    S.RUNNING: frozenset({S.QUEUED, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
+}
+UNFINISHED = frozenset(ALLOWED) - {None}
+
+
+class IllegalTransition(ValueError):
+    """A move the table does not allow: a bug in the caller, raised before any write."""
+
+
+class Moved(list):
+    """The wave tasks that changed (updated in memory); `lost` holds (wave task, status
+    found) for those that were not in an expected status, left as they were."""
+
+    lost: list[tuple[WaveTask, str]]
+
+    def __init__(self, changed=(), lost=()):
+        super().__init__(changed)
+        self.lost = list(lost)
+
+
+def task_event(wt: WaveTask, previous: str | None, actor: str | None, reason: str | None, now: datetime):
+    return (
+        wt.execution_id,
+        "task.update",
+        {
+            "execution_id": wt.execution_id,
+            "wave_task_id": wt.pk,
+            "task_id": wt.task_id,
+            "wave_id": wt.wave_id,
+            "key": wt.key,
+            "status": wt.status,
+            "previous_status": previous,
+            "attempt": wt.attempt,
+            "actor": actor,
+            "reason": reason,
+            "at": iso(now),
+        },
+    )
+
+
+def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> None:
+    """Audit rows, event rows, session counters and the signal for applied changes."""
+    if not changes:
+        return
+    audits_write(
+        [
+            TaskStatusAudit(
+                wave_task_id=wt.pk,
+                task_id=wt.task_id,
+                execution_id=wt.execution_id,
+                attempt=wt.attempt,
+                previous_status=previous,
+                new_status=wt.status,
+                changed_at=now,
+                actor=actor,
+                reason=(reason or None) and reason[:500],
+            )
+            for wt, previous in changes
+        ]
+    )
+    events_write([task_event(wt, previous, actor, reason, now) for wt, previous in changes], now)
+    running_delta: dict[int, int] = defaultdict(int)
+    for wt, previous in changes:
+        running_delta[wt.execution_id] += (wt.status == S.RUNNING) - (previous == S.RUNNING)
+    for execution_id, delta in running_delta.items():
+        if delta:
+            session_move(execution_id, now, tasks=delta)
+    task_status_changed.send(
+        sender=WaveTask,
+        changes=[
+            StatusChange(wt.pk, wt.task_id, wt.execution_id, wt.wave_id, previous, wt.status)
+            for wt, previous in changes
+        ],
+    )
+
+
+def wave_tasks_create(
+    rows: list[WaveTask], *, actor: str | None = None, reason: str | None = None, now: datetime | None = None
+) -> list[WaveTask]:
+    """Insert wave tasks; their first status is a change from nothing, audited like any other."""
+    for wt in rows:
+        if wt.status not in ALLOWED[None]:
+            raise IllegalTransition(f"{wt.key}: a task in a run cannot start as {wt.status}")
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        created = WaveTask.objects.bulk_create(rows)
+        _record([(wt, None) for wt in created], actor, reason, now)
+    return created
+
+
+def transition(
+    wave_tasks: WaveTask | Iterable[WaveTask],
+    new_status: str,
+    *,
+    expected: str | Iterable[str],
+    actor: str | None = None,
+    reason: str | None = None,
+    now: datetime | None = None,
+    own_fields: Iterable[str] = (),
+    **fields,
+) -> Moved:
+    """Move the wave tasks that are in an `expected` status to `new_status`, setting `fields`
+    too, and record each change.
+
+    `own_fields` names fields each wave task carries its own value of (already set on the
+    objects, e.g. `outputs`): they are written with one UPDATE per distinct value.
+    """
+    expected = frozenset([expected] if isinstance(expected, str) else expected)
+    for status in expected:
+        if new_status not in ALLOWED.get(status, ()):
+            raise IllegalTransition(f"a task cannot go from {status} to {new_status}")
+    own_fields = list(own_fields)
+    items = [wave_tasks] if isinstance(wave_tasks, WaveTask) else list(wave_tasks)
+    if not items:
+        return Moved()
+    now = now or timezone.now()
+    moved = Moved()
+    with transaction.atomic(savepoint=False):
+        # A list of 70,000 ready steps: keep each IN (...) list bounded.
+        for i in range(0, len(items), CHUNK):
+            chunk = items[i : i + CHUNK]
+            by_pk = {wt.pk: wt for wt in chunk}
+            current = (
+                WaveTask.objects.select_for_update()
+                .filter(pk__in=by_pk)
+                .values_list("pk", "status")
+                .order_by("pk")
+            )
+            changes = []
+            for pk, status in current:
+                wt = by_pk[pk]
+                if status in expected:
+                    changes.append((wt, status))
+                else:
+                    wt.status = status
+                    moved.lost.append((wt, status))
+            if not changes:
+                continue
+            for wt, _ in changes:
+                wt.status = new_status
+                for name, value in fields.items():
+                    setattr(wt, name, value)
+            update_grouped(WaveTask, [wt for wt, _ in changes], own_fields, status=new_status, **fields)
+            _record(changes, actor, reason, now)
+            moved.extend(wt for wt, _ in changes)
+    return moved
+
+
+def update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> None:
+    """UPDATE objects that each carry their own values of `own_fields`: one plain UPDATE per
+    distinct set of values (a batch mostly shares them: exit code 0, the same outputs),
+    cheaper than bulk_update's CASE per row."""
+    groups: dict[str, tuple[dict, list[int]]] = {}
+    for obj in objs:
+        values = {name: getattr(obj, name) for name in own_fields}
+        key = json.dumps(values, sort_keys=True, default=str)
+        groups.setdefault(key, (values, []))[1].append(obj.pk)
+    for values, pks in groups.values():
+        model.objects.filter(pk__in=pks).update(**common, **values)
+
+
+# --- waves and agents ------------------------------------------------------------------------
+
+
+def wave_update(wave: ParallelExecutionWave, *, now: datetime | None = None, **fields) -> None:
+    """Set fields of a wave (its status, times) and write its wave.update event."""
+    now = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        ParallelExecutionWave.objects.filter(pk=wave.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(wave, name, value)
+        payload = {
+            "execution_id": wave.execution_id,
+            "wave_id": wave.pk,
+            "wave_number": wave.wave_number,
+            "status": wave.status,
+            "started_at": iso(wave.started_at),
+            "completed_at": iso(wave.completed_at),
+        }
+        events_write([(wave.execution_id, "wave.update", payload)], now)
+        wave_changed.send(sender=ParallelExecutionWave, wave=wave)
+
+
+def _agent_event(agent: BuildAgentInstance, at: datetime) -> Event:
+    return Event(
+        execution_id=agent.execution_id,
+        type="agent.update",
+        created_at=at,
+        payload={
+            "execution_id": agent.execution_id,
+            "agent_id": agent.pk,
+            "instance_id": agent.instance_id,
+            "wave_id": agent.wave_id,
+            "wave_task_id": agent.wave_task_id,
+            "task_id": agent.task_id,
+            "attempt": agent.attempt,
+            "status": agent.status,
+            "hostname": agent.hostname,
+            "pid": agent.pid,
+            "started_at": iso(agent.started_at),
+            "completed_at": iso(agent.completed_at),
+            "exit_code": agent.exit_code,
+        },
+    )
+
+
+def agents_start(agents: list[BuildAgentInstance]) -> list[BuildAgentInstance]:
+    """Insert running agents (one per attempt, each with its own start) and count them in
+    the session."""
+    if not agents:
+        return []
+    with transaction.atomic(savepoint=False):
+        created = BuildAgentInstance.objects.bulk_create(agents)
+        events_add([_agent_event(agent, agent.started_at) for agent in created])
+        for agent in created:
+            agent_changed.send(sender=BuildAgentInstance, agent=agent, created=True)
+            session_move(agent.execution_id, agent.started_at, agents=1, started=1)
+    return created
+
+
+def agents_finish(items: list[tuple[BuildAgentInstance, str, int | None, datetime]]) -> list:
+    """Close running agents (agent, status, exit code, when) in one UPDATE; returns those
+    closed. An agent already closed elsewhere (e.g. marked lost) is left as it is."""
+    if not items:
+        return []
+    with transaction.atomic(savepoint=False):
+        running = set(
+            BuildAgentInstance.objects.select_for_update()
+            .filter(pk__in=[item[0].pk for item in items], status=AgentStatus.RUNNING)
+            .values_list("pk", flat=True)
+        )
+        closed = []
+        for agent, status, exit_code, at in items:
+            if agent.pk in running:
+                agent.status, agent.exit_code = status, exit_code
+                agent.completed_at = agent.last_heartbeat = at
+                closed.append(agent)
+        if not closed:
+            return []
+        # Each its own end: one UPDATE with a CASE per field, not one per agent.
+        BuildAgentInstance.objects.bulk_update(closed, ["status", "exit_code", "completed_at", "last_heartbeat"])
+        events_add([_agent_event(agent, agent.completed_at) for agent in closed])
+        for agent in closed:
+            agent_changed.send(sender=BuildAgentInstance, agent=agent, created=False)
+            session_move(agent.execution_id, agent.completed_at, agents=-1)
+    return closed
