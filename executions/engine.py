@@ -144,6 +144,8 @@ class Engine:
                 if events is None:
                     self._apply(self.sched.start())
                     self.writes.waves_settled_at_start(self.now)
+                if self.stop_reason and not self.sched.cancelling:
+                    self._cancel(self.stop_reason)  # before the turn's exits: they are its doing
                 for event in events or ():
                     self._event(event)
                 self._tick()

@@ -93,7 +93,8 @@ def run_claim(run: ExecutionRun, now: datetime) -> None:
         ).update(**fields)
         if not claimed:
             run.refresh_from_db()
-            raise ServiceError(f"run {run.pk} cannot be started: it is {run.status}{owner_text(run)}")
+            state = "running" if run.status == RunStatus.RUNNING else f"already {run.status}"
+            raise ServiceError(f"run {run.pk} cannot be started: it is {state}{owner_text(run)}")
         for name, value in fields.items():
             setattr(run, name, value)
         events_write([(run.pk, "run.update", run_payload(run))], now)

@@ -14,11 +14,7 @@ from typing import Any
 
 from executions.models import ExecutionRun, WaveTask
 from executions.scheduler import GroupDef, StepDef
-
-try:
-    from executions.selectors import task_durations
-except ImportError:  # TEMPORARY until executions.selectors has it
-    from waves.selectors import task_durations
+from executions.selectors import task_durations
 from waves import dag, selectors
 from waves.models import Task, TaskDependency
 

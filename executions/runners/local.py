@@ -1,5 +1,7 @@
 """Local processes: each attempt is `sh -c COMMAND` in its own session and process group.
 
+The attempt's directory, environment and leftovers are executions/runners/workdir.py's.
+
 One thread does everything: a selector waits on every running attempt's stdout and
 stderr, lines are cut as they arrive, exits are reaped without blocking, deadlines
 (timeouts, kill grace periods) are checked on every poll. A timeout or a cancel sends
@@ -9,7 +11,6 @@ SIGTERM to the whole group, then SIGKILL after a grace period. A watchdog proces
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from executions.runners.base import Finished, LaunchSpec, Output, Started
+from executions.runners import workdir
+from executions.runners.base import Finished, LaunchSpec, Output, RunnerEvent, Started
 
 KILL_GRACE_SECONDS = 2.0
 # After the shell exits, how long its pipes may stay open (a background child holding
@@ -40,11 +42,16 @@ class _Attempt:
     proc: subprocess.Popen
     started: float
     deadline: float | None
+    work_dir: Path
     open_streams: int = 2
+    kept: int = 0  # transcript bytes passed on; past TRANSCRIPT_MAX_BYTES the rest is counted
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
     buffers: dict = field(default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()})
     dropping: dict = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     exit_code: int | None = None
     exited_at: float | None = None
+    ended_at: float | None = None  # time.time() when its exit was seen
     timed_out: bool = False
     cancelled: bool = False
     kill_at: float | None = None
@@ -53,6 +60,9 @@ class _Attempt:
 class LocalRunner:
     def __init__(self, *, max_line_bytes: int | None = None):
         self.max_line_bytes = max_line_bytes or settings.TIDEWATCH["TRANSCRIPT_ENTRY_MAX_BYTES"]
+        self.max_bytes = settings.TIDEWATCH["TRANSCRIPT_MAX_BYTES"]
+        self.base_env = workdir.base_environment()
+        self.pending: list[RunnerEvent] = []  # reported at the next poll
         self.hostname = socket.gethostname()
         self.selector = selectors.DefaultSelector()
         self.attempts: dict[str, _Attempt] = {}
@@ -65,31 +75,40 @@ class LocalRunner:
 
     # --- the Runner interface -------------------------------------------------------------
 
-    def launch(self, spec: LaunchSpec) -> Started:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", spec.command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=spec.env,
-            cwd=spec.env.get("TIDEWATCH_CWD") or None,
-            # Its own session and process group (pgid == pid): a timeout or a cancel reaches
-            # all of it, and it has no controlling terminal, so a prompt on /dev/tty (ssh,
-            # git, sudo) fails at once instead of stopping the task in the background.
-            start_new_session=True,
-        )
+    def launch(self, spec: LaunchSpec) -> None:
+        """Start the attempt; its Started (or a Finished saying why it could not start)
+        comes with the next poll. Never raises for something about the attempt."""
+        try:
+            prepared = workdir.prepare(spec, self.base_env)
+            proc = subprocess.Popen(
+                prepared.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=prepared.env,
+                # Its own session and process group (pgid == pid): a timeout or a cancel
+                # reaches all of it, and it has no controlling terminal, so a prompt on
+                # /dev/tty (ssh, git, sudo) fails at once instead of stopping the task.
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.pending.append(Finished(spec.handle, None, error=f"could not start: {reason}", at=time.time()))
+            return
         self._tell_watchdog(f"+{proc.pid}")
         now = time.monotonic()
-        attempt = _Attempt(spec, proc, now, now + spec.timeout_s if spec.timeout_s else None)
-        self.attempts[spec.handle] = attempt
+        deadline = now + spec.timeout_s if spec.timeout_s else None
+        self.attempts[spec.handle] = _Attempt(spec, proc, now, deadline, prepared.work_dir)
         for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             os.set_blocking(pipe.fileno(), False)
             self.selector.register(pipe, selectors.EVENT_READ, (spec.handle, stream))
-        return Started(spec.handle, proc.pid, self.hostname)
+        self.pending.append(Started(spec.handle, proc.pid, self.hostname, at=time.time()))
+        self.pending += [Output(spec.handle, "system", note) for note in prepared.notes]
 
-    def poll(self, timeout: float) -> list[Output | Finished]:
+    def poll(self, timeout: float) -> list[RunnerEvent]:
         self.ended_starts.clear()
-        events = self._poll(timeout)
+        events, self.pending = self.pending, []
+        events += self._poll(0 if events else timeout)
         # Attempts started together end together. When some end, those started just after
         # them are likely to end as much later as they started later: wait that long (plus
         # COALESCE_GAP), so one turn of the executor records them all and starts what they
@@ -121,7 +140,7 @@ class LocalRunner:
             if attempt.exit_code is None:
                 code = attempt.proc.poll()
                 if code is not None:
-                    attempt.exit_code, attempt.exited_at = code, now
+                    attempt.exit_code, attempt.exited_at, attempt.ended_at = code, now, time.time()
             if (
                 attempt.deadline
                 and now >= attempt.deadline
@@ -140,7 +159,7 @@ class LocalRunner:
                         if not pipe.closed:
                             self._close_stream(pipe, handle, stream, events)
                 if not attempt.open_streams:
-                    events.append(self._finish(handle, attempt))
+                    events += self._finish(handle, attempt)
         return events
 
     def terminate(self, handle: str) -> None:
@@ -175,6 +194,10 @@ class LocalRunner:
         if not data:
             self._close_stream(pipe, handle, stream, events)
             return
+        if attempt.kept >= self.max_bytes:  # past the cap: count what is dropped, keep nothing
+            attempt.dropped_lines += data.count(b"\n")
+            attempt.dropped_bytes += len(data)
+            return
         buf = attempt.buffers[stream]
         buf += data
         while True:
@@ -194,6 +217,11 @@ class LocalRunner:
 
     def _emit(self, attempt: _Attempt, stream: str, line: bytes, events: list) -> None:
         handle = attempt.spec.handle
+        if attempt.kept >= self.max_bytes:
+            attempt.dropped_lines += 1
+            attempt.dropped_bytes += len(line) + 1
+            return
+        attempt.kept += min(len(line), self.max_line_bytes) + 1
         dropped = attempt.dropping[stream]
         if dropped:
             attempt.dropping[stream] = 0
@@ -227,23 +255,32 @@ class LocalRunner:
         pipe.close()
         attempt.open_streams -= 1
 
-    def _finish(self, handle: str, attempt: _Attempt) -> Finished:
+    def _finish(self, handle: str, attempt: _Attempt) -> list[RunnerEvent]:
         del self.attempts[handle]
         self.ended_starts.append(attempt.started)
         # Anything the task left running in its group ends with it.
         self._killpg(attempt.proc.pid, signal.SIGKILL)
         self._tell_watchdog(f"-{attempt.proc.pid}")
-        outputs, output_error = _read_outputs(Path(attempt.spec.env["TIDEWATCH_OUTPUT"]))
-        events = _read_lines(Path(attempt.spec.env["TIDEWATCH_EVENTS"]))
-        return Finished(
-            handle,
-            attempt.exit_code,
-            timed_out=attempt.timed_out,
-            cancelled=attempt.cancelled,
-            outputs=outputs,
-            output_error=output_error,
-            events=events,
-        )
+        notes = []
+        if attempt.dropped_bytes:
+            notes.append(
+                f"[truncated: {attempt.dropped_lines} line(s), {attempt.dropped_bytes} bytes of output "
+                f"dropped past the {self.max_bytes}-byte cap per attempt (TRANSCRIPT_MAX_BYTES)]"
+            )
+        lines, dropped = workdir.events(attempt.work_dir)
+        outputs, output_error = workdir.outputs(attempt.work_dir)
+        return [Output(handle, "system", note) for note in notes + dropped] + [
+            Finished(
+                handle,
+                attempt.exit_code,
+                timed_out=attempt.timed_out,
+                cancelled=attempt.cancelled,
+                outputs=outputs,
+                output_error=output_error,
+                events=lines,
+                at=attempt.ended_at,
+            )
+        ]
 
     def _stop(self, attempt: _Attempt, now: float) -> None:
         self._killpg(attempt.proc.pid, signal.SIGTERM)
@@ -263,28 +300,3 @@ class LocalRunner:
         except (BrokenPipeError, ValueError):
             pass
 
-
-def _read_outputs(path: Path) -> tuple[dict | None, str | None]:
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None, None
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"cannot read $TIDEWATCH_OUTPUT: {exc}"
-    if not raw.strip():
-        return None, None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return None, f"$TIDEWATCH_OUTPUT is not valid JSON: {exc}"
-    if not isinstance(value, dict):
-        return None, f"$TIDEWATCH_OUTPUT must hold a JSON object, not {type(value).__name__}"
-    return value, None
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in fh if line.strip()]
-    except FileNotFoundError:
-        return []

@@ -576,11 +576,11 @@ def test_reject_fails_the_gate_and_skips_its_dependents(tmp_path, child_env, man
 
 @pytest.mark.django_db(transaction=True)
 def test_approve_step_refuses_non_gate_and_unknown_steps(tmp_path, manage):
-    from executions.engine import run_create
+    from executions.services import run_start
     from waves.models import TaskList
 
     workflow(tmp_path, "gated-errors", GATED)
-    run = run_create(TaskList.objects.get(title="gated-errors"))
+    run = run_start(TaskList.objects.get(title="gated-errors"))
     not_gate = manage("approve_step", run.pk, "side", "--by", "alice")
     assert not_gate.returncode != 0
     assert "not an approval step" in not_gate.stderr and "'side'" in not_gate.stderr

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from django.core.management import call_command
 
-from executions.engine import Engine, run_create
+from executions.engine import Engine
 from executions.models import (
     AgentStatus,
     BuildAgentInstance,
@@ -29,6 +29,7 @@ from executions.models import (
     WaveTask,
 )
 from executions.runners.base import Finished, Started
+from executions.services import run_start
 from tests.conftest import ROOT
 from tests.executions.helpers import agents_peak, assert_audit_replays, pid_alive, wait_for
 from tests.seeds import SEED_003
@@ -508,12 +509,11 @@ class InterruptedRunner:
 
     def launch(self, spec):
         self.launched.append(spec.handle)
-        return Started(spec.handle, 4_000_000, "here")
 
     def poll(self, timeout):
         self.engine.request_stop("SIGINT")
         done, self.launched = self.launched, []
-        return [Finished(handle, -signal.SIGINT) for handle in done]
+        return [Started(h, 4_000_000, "here") for h in done] + [Finished(h, -signal.SIGINT) for h in done]
 
     def terminate(self, handle):
         pass
@@ -528,7 +528,7 @@ class InterruptedRunner:
 def test_a_task_killed_by_the_signal_that_stops_the_run_is_cancelled_not_failed(tmp_path):
     name = importing(tmp_path, "interrupted", [{"id": "a", "run": "sleep 5"}, {"id": "b", "run": "sleep 5"}])
     runner = InterruptedRunner()
-    engine = Engine(run_create(task_list_get(name)), runner)
+    engine = Engine(run_start(task_list_get(name)), runner)
     runner.engine = engine
     summary = engine.execute()
     assert summary.status == RunStatus.CANCELLED

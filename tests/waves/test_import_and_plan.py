@@ -1,17 +1,15 @@
 """Import service, selectors and the import_tasklist / plan_tasklist command-line contracts."""
 
 import json
-from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.utils import timezone
 
 from tests.seeds import EXAMPLES, SEED_003
 from waves.loaders import load_path, load_text
 from waves.models import Task, TaskDependency, TaskList, TaskTemplate
-from waves.selectors import task_durations, task_list_get, task_list_graph, task_list_plan
+from waves.selectors import task_list_get, task_list_graph, task_list_plan
 from waves.services import TaskListExists, task_list_import
 
 pytestmark = pytest.mark.django_db
@@ -127,22 +125,6 @@ def test_templates_are_shared_by_name_across_lists(monkeypatch):
     build = TaskTemplate.objects.get(name="build")
     assert first.tasks.get(key="b").template == build
     assert {t.key for t in second.tasks.filter(template=build)} == {"b", "d"}
-
-
-def test_durations_fall_back_to_the_median_of_past_successful_runs_then_one():
-    from tests.factories import run_with_waves
-
-    text = "steps:\n  - id: a\n  - id: b\n    estimated_minutes: 7\n  - id: c\n"
-    old = _import(text, "hist", suffix=".yaml")
-    run = run_with_waves(old, [["a", "b", "c"]])
-    end = timezone.now()
-    for minutes, wt in zip([2, 4, 9], [*run.wave_tasks.filter(key="a"), None, None], strict=False):
-        if wt is None:
-            break
-        wt.status, wt.started_at, wt.completed_at = "succeeded", end - timedelta(minutes=minutes), end
-        wt.save()
-    new = _import(text, "hist", suffix=".yaml", replace=True)  # history follows the title
-    assert task_durations(new) == {"a": 2.0, "b": 7.0, "c": 1.0}
 
 
 def test_plan_text_shows_waves_groups_critical_path_width_and_estimate():
