@@ -253,9 +253,10 @@ class Engine:
         node.wt.attempt += 1
         try:
             spec = self._spec(node, iteration)
-        except ResolveError as exc:
+        except Exception as exc:  # whatever its values hold, only this step fails
             node.wt.attempt -= 1
-            return self._apply(self.sched.fail(node.wt.key, "input error", str(exc)))
+            reason = str(exc) if isinstance(exc, ResolveError) else f"{type(exc).__name__}: {exc}"
+            return self._apply(self.sched.fail(node.wt.key, "input error", reason[:2000]))
         self.runner.launch(spec)
         node.handle, node.started, node.agent = spec.handle, time.monotonic(), None
         self.by_handle[spec.handle] = node
@@ -375,7 +376,8 @@ class Engine:
     def _crash(self, exc: BaseException) -> None:
         """Last resort: whatever went wrong in the loop, stop the task processes and close
         the run as failed with the error (the turn that failed was rolled back)."""
-        log.error("run %s: the executor stopped on %r", self.run.pk, exc)
+        # The caller reports it in one line; the traceback is for LOG_LEVEL=INFO.
+        log.info("run %s: the executor stopped on %r", self.run.pk, exc, exc_info=exc)
         try:
             self.runner.terminate_all()
             self.runner.close()

@@ -194,11 +194,13 @@ class LocalRunner:
         if not data:
             self._close_stream(pipe, handle, stream, events)
             return
+        buf = attempt.buffers[stream]
         if attempt.kept >= self.max_bytes:  # past the cap: count what is dropped, keep nothing
             attempt.dropped_lines += data.count(b"\n")
-            attempt.dropped_bytes += len(data)
+            attempt.dropped_bytes += len(buf) + len(data)
+            attempt.dropping[stream] = 0
+            buf.clear()
             return
-        buf = attempt.buffers[stream]
         buf += data
         while True:
             newline = buf.find(b"\n")
@@ -248,7 +250,10 @@ class LocalRunner:
     def _close_stream(self, pipe, handle: str, stream: str, events: list) -> None:
         attempt = self.attempts[handle]
         rest = bytes(attempt.buffers[stream])
-        if rest or attempt.dropping[stream]:
+        if attempt.kept >= self.max_bytes:
+            attempt.dropped_lines += bool(rest)
+            attempt.dropped_bytes += len(rest)
+        elif rest or attempt.dropping[stream]:
             self._emit(attempt, stream, rest, events)
         attempt.buffers[stream].clear()
         self.selector.unregister(pipe)
