@@ -29,6 +29,8 @@ from executions.models import (
     TaskStatusAudit,
     WaveTask,
 )
+from waves import admin as waves_admin
+from waves.models import Task, TaskList
 
 # --- shared helpers (observability/admin.py uses them too) ------------------------------------
 
@@ -537,3 +539,39 @@ class EventAdmin(RecordLinks, LargeTableAdmin):
         payload = obj.payload if isinstance(obj.payload, dict) else {}
         keys = ("key", "instance_id", "wave_number", "status", "previous_status", "actor", "reason")
         return ", ".join(f"{k}={payload[k]}" for k in keys if payload.get(k) not in (None, ""))
+
+
+# --- waves' pages, with this app's columns ---------------------------------------------------
+
+
+class TaskListAdmin(waves_admin.TaskListAdmin):
+    list_display = (
+        *waves_admin.TaskListAdmin.list_display[:-2],
+        "runs",
+        *waves_admin.TaskListAdmin.list_display[-2:],
+    )
+    readonly_fields = (*waves_admin.TaskListAdmin.readonly_fields, "runs")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(run_count=count_of(ExecutionRun, "task_list"))
+
+    @admin.display(description="runs", ordering="run_count")
+    def runs(self, obj):
+        if obj.pk is None:
+            return "-"
+        return changelist_link(
+            "executions_executionrun", getattr(obj, "run_count", "runs"), task_list__id__exact=obj.pk
+        )
+
+
+class TaskAdmin(waves_admin.TaskAdmin):
+    list_display = (*waves_admin.TaskAdmin.list_display, "runs")
+
+    @admin.display(description="in runs")
+    def runs(self, obj):
+        return changelist_link("executions_wavetask", "wave tasks", task__id__exact=obj.pk)
+
+
+for _model, _admin in ((TaskList, TaskListAdmin), (Task, TaskAdmin)):
+    admin.site.unregister(_model)
+    admin.site.register(_model, _admin)

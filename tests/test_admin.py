@@ -180,6 +180,23 @@ def test_run_links_to_its_waves(superuser_client):
     assert "Wave 0 of run" in change or "wave_number" in change
 
 
+def test_task_list_and_task_pages_link_to_their_runs(superuser_client):
+    from waves.models import Task, TaskList
+
+    populate(2)
+    run = ExecutionRun.objects.order_by("-pk").first()
+    tl = run.task_list
+    page = superuser_client.get(url(TaskList, "changelist")).content.decode()
+    runs = ExecutionRun.objects.filter(task_list=tl).count()
+    assert f'{url(ExecutionRun, "changelist")}?task_list__id__exact={tl.pk}">{runs}</a>' in page
+    change = superuser_client.get(url(TaskList, "change", tl.pk))
+    assert change.status_code == 200 and f"task_list__id__exact={tl.pk}" in change.content.decode()
+    assert superuser_client.get(url(TaskList, "add")).status_code == 200
+    task = Task.objects.filter(task_list=tl).first()
+    tasks = superuser_client.get(url(Task, "changelist")).content.decode()
+    assert f"{url(WaveTask, 'changelist')}?task__id__exact={task.pk}" in tasks
+
+
 def test_large_tables_use_the_estimated_count_paginator():
     for model in (TranscriptEntry, ToolUse, TaskStatusAudit, Event, BuildAgentInstance):
         model_admin = admin.site._registry[model]

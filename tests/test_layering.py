@@ -36,14 +36,7 @@ def test_app_imports_nothing_from_the_apps_that_depend_on_it(app):
 @pytest.mark.parametrize(
     "app",
     [
-        pytest.param(
-            "waves",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="waves/admin.py counts a list's runs with apps.get_model('executions', ...) and "
-                "links to executions' changelist: the runs column belongs in executions/admin.py",
-            ),
-        ),
+        "waves",
         "executions",
     ],
 )

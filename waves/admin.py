@@ -1,11 +1,10 @@
 """Admin for definitions: task templates, task lists, tasks and their dependencies.
 
 Task lists come from `import_tasklist` (it validates the DAG); the admin shows them and
-allows small edits of a task's fields. Links lead to a list's tasks and runs by URL name,
-so `waves` imports nothing from the apps that depend on it.
+allows small edits of a task's fields. `waves` knows nothing of the apps that depend on it:
+executions/admin.py adds the runs columns to these pages.
 """
 
-from django.apps import apps
 from django.contrib import admin
 from django.db.models import Count, IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce
@@ -97,7 +96,6 @@ class TaskListAdmin(admin.ModelAdmin):
         "source_format",
         "max_parallelism",
         "tasks",
-        "runs",
         "created_at",
         "archived_at",
     )
@@ -107,25 +105,15 @@ class TaskListAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("title", "-id")
     raw_id_fields = ("replaced_by",)
-    readonly_fields = ("created_at", "tasks", "runs")
+    readonly_fields = ("created_at", "tasks")
     inlines = [TaskInline]
 
     def get_queryset(self, request):
-        qs = super().get_queryset(request).annotate(task_count=_count(Task, "task_list"))
-        # Runs live in `executions` (which depends on `waves`): counted through the app registry.
-        if apps.is_installed("executions"):
-            qs = qs.annotate(run_count=_count(apps.get_model("executions", "ExecutionRun"), "task_list"))
-        return qs
+        return super().get_queryset(request).annotate(task_count=_count(Task, "task_list"))
 
     @admin.display(description="tasks", ordering="task_count")
     def tasks(self, obj):
         return _link("waves_task", getattr(obj, "task_count", "tasks"), task_list__id__exact=obj.pk)
-
-    @admin.display(description="runs", ordering="run_count")
-    def runs(self, obj):
-        return _link(
-            "executions_executionrun", getattr(obj, "run_count", "runs"), task_list__id__exact=obj.pk
-        )
 
 
 class DependencyInline(admin.TabularInline):
@@ -160,7 +148,6 @@ class TaskAdmin(admin.ModelAdmin):
         "join_policy",
         "approval",
         "estimated_minutes",
-        "runs",
     )
     list_filter = ("kind", "approval", "join_policy")
     list_select_related = ("task_list", "template")
@@ -169,10 +156,6 @@ class TaskAdmin(admin.ModelAdmin):
     raw_id_fields = ("task_list", "parent")
     autocomplete_fields = ("template",)
     inlines = [DependencyInline]
-
-    @admin.display(description="in runs")
-    def runs(self, obj):
-        return _link("executions_wavetask", "wave tasks", task__id__exact=obj.pk)
 
 
 @admin.register(TaskDependency)
