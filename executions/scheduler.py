@@ -22,81 +22,23 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from executions.decisions import (  # noqa: F401  (re-exported: the scheduler's vocabulary)
+    UNSET,
+    Decision,
+    Expand,
+    Gate,
+    GroupDef,
+    Launch,
+    Queue,
+    Settle,
+    StepDef,
+    joined,
+)
 from executions.models import TaskStatus
 from executions.resolve import ResolveError, evaluate, resolve_value
 
 S = TaskStatus
 TERMINAL = S.terminal()
-UNSET: Any = object()
-
-
-@dataclass(frozen=True, slots=True)
-class StepDef:
-    """A step as the scheduler sees it (built from the task's definition)."""
-
-    key: str
-    deps: tuple[str, ...] = ()  # steps or blocks it depends on
-    groups: tuple[str, ...] = ()  # enclosing parallel blocks, innermost first
-    template: Any = None
-    template_limit: int | None = None
-    join_policy: str = "all"
-    condition: str = ""
-    approval: bool = False
-    for_each: Any = None  # a literal list or a `${steps...}` reference
-    repeat: dict | None = None
-    retries: int = 0
-    max_parallelism: int | None = None  # of a for_each step's instances
-    priority: float = 0.0
-    order: int = 0
-    parent: str | None = None  # the for_each step of an instance
-    item: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class GroupDef:
-    key: str
-    children: tuple[str, ...]
-    join_policy: str = "all"
-    max_parallelism: int | None = None
-    parent: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    key: str
-    iteration: int
-
-
-@dataclass(frozen=True, slots=True)
-class Queue:
-    key: str
-    reason: str | None = None
-    outputs: Any = UNSET  # a repeat keeps the outputs of the iteration that just ended
-
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Expand:
-    key: str
-    instances: tuple[StepDef, ...]  # new instances (none when a resume carried them over)
-    count: int  # instances in all
-
-
-@dataclass(frozen=True, slots=True)
-class Settle:
-    key: str
-    status: str
-    reason: str | None = None
-    error: str = ""
-    outputs: Any = UNSET
-    actor: str | None = None
-
-
-Decision = Launch | Queue | Gate | Expand | Settle
 
 
 @dataclass(eq=False, slots=True)
@@ -109,15 +51,6 @@ class _Step:
     tries: int = 0
     approved: bool = False
     not_before: float = 0.0
-
-
-def joined(policy: str, outcomes: list[str]) -> bool:
-    """Whether a join policy (seed 001) lets what follows go ahead, given the outcomes."""
-    if policy == "any":
-        return not outcomes or S.SUCCEEDED in outcomes
-    if policy == "always":
-        return True
-    return all(o == S.SUCCEEDED for o in outcomes)
 
 
 class Scheduler:
