@@ -548,6 +548,25 @@ def test_approval_waits_while_other_branches_run_then_approve_step_from_another_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_run_tasklist_names_the_waiting_gate_and_the_command_that_approves_it(tmp_path, child_env, manage):
+    workflow(tmp_path, "gated-told", GATED)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_tasklist", "gated-told"],  # no --json: the bar
+        env=child_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = wait_for(lambda: newest_run("gated-told"), what="the run")
+    wait_for(lambda: status_of(run.pk, "gate") == S.WAITING_APPROVAL, what="gate waiting")
+    assert manage("approve_step", run.pk, "gate").returncode == 0
+    code, out, err = finish(proc)
+    assert code == 0, err
+    told = [line for line in err.splitlines() if "waits for approval" in line]
+    assert told == [
+        f"step gate waits for approval: python manage.py approve_step {run.pk} gate  (add --reject to reject it)"
+    ]
+    assert f"run {run.pk} succeeded" in out
+
+
+@pytest.mark.django_db(transaction=True)
 def test_reject_fails_the_gate_and_skips_its_dependents(tmp_path, child_env, manage):
     proc, run = start_gated(tmp_path, child_env, "gated-reject")
     result = manage("approve_step", run.pk, "gate", "--reject", "--by", "bob")

@@ -171,7 +171,10 @@ class Bar:
                 self.announced.add(key)
                 self.progress.console.print(
                     f"step {key} waits for approval: python manage.py approve_step {engine.run.pk} {key}"
-                    f"  (add --reject to reject it)"
+                    f"  (add --reject to reject it)",
+                    soft_wrap=True,  # one line, whatever the width, for people and for grep
+                    markup=False,
+                    highlight=False,
                 )
 
     def stop(self) -> None:
