@@ -1,0 +1,121 @@
+"""What every app's REST endpoints share: ids, pagination, permissions, errors.
+
+Each app serves its own endpoints (`waves/api.py`, `executions/api.py`,
+`observability/api.py`); config/api_urls.py gathers them under /api/v2/. A view is thin:
+validate, call one selector or service, serialize.
+
+- **Teams.** Everything hangs off a task list, and a task list belongs to a team (an auth
+  Group). Views start from `waves.teams.visible_task_lists(user)` (or a queryset filtered
+  through it), so a row of another team is 404, never 403: ids do not leak.
+- **Ids.** A path id is read with `id_from()`: anything that is not a whole number a row can
+  have (letters, 0, past the bigint range) is 400 naming the parameter, never a 500.
+- **Writes** need a model permission on top of seeing the row: the view names it in
+  `write_permission` and uses `permission_classes = [Needs]`.
+- **Path ids** match anything (`lookup_value_regex = "[^/]+"`) so that `id_from()` can say
+  what is wrong with them.
+- **Lists** are paginated: limit/offset (`Pagination`), or a cursor over a unique key for the
+  big append-only tables (`cursor(ordering)`).
+"""
+
+from __future__ import annotations
+
+import django_filters
+from django import forms
+from django.http import Http404
+from rest_framework import exceptions, pagination, permissions, status
+from rest_framework.exceptions import ValidationError
+
+MAX_ID = 2**63 - 1
+
+
+def id_from(value, name: str = "id") -> int:
+    """A path or query id, or 400 naming `name`."""
+    text = str(value).strip()
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID:
+        return int(text)
+    raise ValidationError({name: [f"must be a whole number from 1 to {MAX_ID}, not {str(value)[:40]!r}"]})
+
+
+def get_or_404(queryset, **lookup):
+    """The one row of `queryset` (already scoped to what the user may see), or 404."""
+    row = queryset.filter(**lookup).first()
+    if row is None:
+        raise Http404("not found")
+    return row
+
+
+def bounded_int(params, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
+    """A whole-number query parameter within bounds, or 400 naming it."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.isascii() and raw.isdigit() and minimum <= int(raw) <= maximum:
+        return int(raw)
+    raise ValidationError({name: [f"must be a whole number from {minimum} to {maximum}"]})
+
+
+class Pagination(pagination.LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 1000
+
+    def get_limit(self, request):
+        return bounded_int(request.query_params, self.limit_query_param, self.default_limit, 1, self.max_limit)
+
+    def get_offset(self, request):
+        return bounded_int(request.query_params, self.offset_query_param, 0, 0, MAX_ID)
+
+
+class _StrictBoolean(forms.NullBooleanField):
+    widget = forms.TextInput
+
+    def to_python(self, value):
+        text = str(value).strip().lower() if value is not None else ""
+        if text == "":
+            return None
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise forms.ValidationError("must be true or false")
+
+    def validate(self, value):
+        pass
+
+
+class BooleanFilter(django_filters.BooleanFilter):
+    """true/false (1/0, yes/no); anything else is 400 naming the parameter."""
+
+    field_class = _StrictBoolean
+
+
+class _Cursor(pagination.CursorPagination):
+    page_size_query_param = "limit"
+    max_page_size = 1000
+
+    def get_page_size(self, request):
+        return bounded_int(request.query_params, "limit", self.page_size, 1, self.max_page_size)
+
+
+def cursor(ordering: str, page_size: int = 100) -> type[pagination.CursorPagination]:
+    """Cursor pagination over a unique, indexed key: as fast on page 10,000 as on page 1."""
+    return type("Cursor", (_Cursor,), {"ordering": ordering, "page_size": page_size})
+
+
+class Needs(permissions.BasePermission):
+    """Safe methods: any signed-in user (rows are scoped by team). Writes: also the model
+    permission the view names in `write_permission` (e.g. "executions.change_executionrun")."""
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        needed = getattr(view, "write_permission", None)
+        return bool(needed) and user.has_perm(needed)
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "the request conflicts with the current state"
+    default_code = "conflict"

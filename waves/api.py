@@ -1,0 +1,177 @@
+"""REST endpoints of definitions: task lists, their plan, and import (config/api.py has the
+rules every endpoint follows)."""
+
+from __future__ import annotations
+
+import django_filters
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
+from rest_framework import mixins, parsers, serializers, status, viewsets
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+
+from config.api import BooleanFilter, Needs, Pagination, get_or_404, id_from
+from waves.loaders import DefinitionError, load_text
+from waves.models import TaskList
+from waves.selectors import task_list_plan
+from waves.services import task_list_import
+from waves.teams import TeamError, team_for_import, visible_task_lists
+
+
+class TaskListSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(source="title")
+    team = serializers.CharField(source="team.name", default=None)
+    format = serializers.CharField(source="source_format")
+    task_count = serializers.IntegerField()
+
+    class Meta:
+        model = TaskList
+        fields = (
+            "id", "name", "description", "team", "format", "max_parallelism", "task_count",
+            "created_at", "archived_at", "replaced_by",
+        )  # fmt: skip
+        read_only_fields = fields
+
+
+class PlanSerializer(serializers.Serializer):
+    waves = serializers.ListField(child=serializers.ListField(child=serializers.CharField()))
+    critical_path = serializers.ListField(child=serializers.CharField())
+    width = serializers.IntegerField()
+    estimated_makespan_minutes = serializers.FloatField()
+    serial_minutes = serializers.FloatField()
+    unestimated = serializers.ListField(child=serializers.CharField())
+
+
+class TaskListDetailSerializer(TaskListSerializer):
+    plan = serializers.SerializerMethodField()
+
+    class Meta(TaskListSerializer.Meta):
+        fields = (*TaskListSerializer.Meta.fields, "plan")
+        read_only_fields = fields
+
+    @extend_schema_field(PlanSerializer)
+    def get_plan(self, obj) -> dict:
+        plan = task_list_plan(obj)
+        return PlanSerializer(
+            {
+                "waves": plan.analysis.waves,
+                "critical_path": plan.analysis.critical_path,
+                "width": plan.analysis.width,
+                "estimated_makespan_minutes": plan.estimated_total,
+                "serial_minutes": plan.serial_total,
+                "unestimated": plan.unestimated,
+            }
+        ).data
+
+
+class TaskListFilter(django_filters.FilterSet):
+    name = django_filters.CharFilter(field_name="title", lookup_expr="icontains")
+    team = django_filters.CharFilter(field_name="team__name")
+    archived = BooleanFilter(field_name="archived_at", lookup_expr="isnull", exclude=True)
+
+    class Meta:
+        model = TaskList
+        fields = ("name", "team", "archived")
+
+
+class DefinitionText(parsers.BaseParser):
+    """The body as text: the loaders want the file as written (line numbers, duplicate keys)."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.TIDEWATCH["IMPORT_MAX_BYTES"]
+        data = stream.read(limit + 1) if stream else b""
+        if len(data) > limit:
+            raise ValidationError({"body": [f"larger than the {limit}-byte limit (TIDEWATCH_IMPORT_MAX_BYTES)"]})
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError({"body": [f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}"]})
+
+
+SUFFIX = {"application/json": ".json", "text/plain": ".pipeline", "application/yaml": ".yaml", "application/x-yaml": ".yaml", "text/yaml": ".yaml"}
+
+
+class ImportSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, max_length=200)
+    replace = serializers.BooleanField(required=False, default=False)
+    team = serializers.CharField(required=False, max_length=150)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Task lists the user's teams own"),
+    retrieve=extend_schema(summary="A task list with its plan (waves, critical path, width, makespan)"),
+)
+class TaskListViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    permission_classes = [Needs]
+    write_permission = "waves.add_tasklist"
+    parser_classes = [DefinitionText]  # only create reads a body
+    lookup_value_regex = "[^/]+"
+    pagination_class = Pagination
+    filterset_class = TaskListFilter
+    serializer_class = TaskListSerializer
+
+    def get_queryset(self):
+        return (
+            visible_task_lists(self.request.user)
+            .select_related("team")
+            .annotate(task_count=Count("tasks"))
+            .order_by("-id")
+        )
+
+    def get_serializer_class(self):
+        return TaskListDetailSerializer if self.action == "retrieve" else TaskListSerializer
+
+    def get_object(self):
+        return get_or_404(self.get_queryset(), pk=id_from(self.kwargs["pk"]))
+
+    @extend_schema(
+        summary="Import a workflow file or pipeline table",
+        description="The body is the file: `application/yaml` or `application/json` for a workflow, "
+        "`text/plain` for a pipeline table. Bad input is 400 with the same message as "
+        "`import_tasklist`, and nothing is written.",
+        parameters=[
+            OpenApiParameter("name", str, description="the list's name (default: the file's `name:`)"),
+            OpenApiParameter("replace", bool, description="archive the live list of that name"),
+            OpenApiParameter("team", str, description="the owning team (default: your only team)"),
+        ],
+        request={
+            "application/yaml": OpenApiTypes.STR,
+            "application/json": OpenApiTypes.STR,
+            "text/plain": OpenApiTypes.STR,
+        },
+        responses={201: TaskListSerializer},
+        examples=[OpenApiExample("workflow", value="name: hello\nsteps:\n  - id: a\n    run: echo hi\n")],
+    )
+    def create(self, request):
+        options = ImportSerializer(data=request.query_params)
+        options.is_valid(raise_exception=True)
+        name, replace = options.validated_data.get("name"), options.validated_data["replace"]
+        try:
+            team = team_for_import(request.user, options.validated_data.get("team"))
+        except TeamError as exc:
+            raise ValidationError({"team": [str(exc)]})
+        media = (request.content_type or "").split(";")[0].strip().lower()
+        try:
+            definition = load_text(request.data, source="<request>", suffix=SUFFIX.get(media, ""), name=name)
+            with transaction.atomic():
+                old = TaskList.objects.filter(title=(name or definition.name).strip(), archived_at__isnull=True)
+                if replace and old.exists() and not visible_task_lists(request.user).filter(pk=old[0].pk).exists():
+                    raise ValidationError({"replace": ["the live list of that name belongs to another team"]})
+                tl = task_list_import(definition=definition, name=name, replace=replace, source_path="api")
+                tl.team = team
+                tl.save(update_fields=["team"])
+        except DefinitionError as exc:
+            raise ValidationError({"body": [str(exc)]})
+        tl = self.get_queryset().get(pk=tl.pk)
+        return Response(TaskListSerializer(tl).data, status=status.HTTP_201_CREATED)
