@@ -6,17 +6,26 @@ one set of rules. Nothing is dropped: the caller keeps an invalid line as a tran
 entry of type `invalid_event` (see `InvalidEvent.content`).
 
 The limits below match the columns the events are written to: a value PostgreSQL would
-refuse (a name longer than its column, NaN in JSON, a NUL character, a duration beyond
-an integer column) makes the line invalid here rather than failing the whole batch of
-the transaction it is written in.
+refuse (a name longer than its column, NaN or a number that overflows to infinity in
+JSON, nesting deeper than MAX_DEPTH, a duration beyond an integer column) makes the line
+invalid here rather than failing the whole batch of the transaction it is written in. A
+NUL character or a lone surrogate (which neither database stores) becomes U+FFFD. A line
+longer than settings.TIDEWATCH["EVENT_LINE_MAX_BYTES"] is invalid, and the raw text an
+invalid event keeps is cut to that size with a marker.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from django.conf import settings
+
+from executions.values import MAX_DEPTH  # nesting of lists and objects, as for task outputs
 
 EVENT_TYPES = ("tool_use", "assertion", "skill", "message")
 
@@ -41,9 +50,10 @@ class ToolUseEvent:
     def timing(self, received_at: datetime) -> tuple[datetime, datetime, int]:
         """(start, end, duration_ms), defaulting missing times to `received_at`.
 
-        A missing end is never before the start (the reporter's clock may run ahead).
+        A missing end is never before the start, nor a missing start after the end (the
+        reporter's clock may run ahead or behind): the duration is never negative.
         """
-        start = self.start_time or received_at
+        start = self.start_time or min(received_at, self.end_time or received_at)
         end = self.end_time or max(received_at, start)
         duration = self.duration_ms if self.duration_ms is not None else milliseconds(end - start)
         return start, end, min(duration, DURATION_MS_MAX)
@@ -92,32 +102,42 @@ def milliseconds(delta: timedelta) -> int:
     return delta // timedelta(milliseconds=1)
 
 
-def parse_event_line(text: str) -> ParsedEvent | InvalidEvent:
-    """Parse one event line; never raises for bad input."""
+def parse_event_line(text: str, max_bytes: int | None = None) -> ParsedEvent | InvalidEvent:
+    """Parse one event line; never raises for bad input. `max_bytes` defaults to
+    settings.TIDEWATCH["EVENT_LINE_MAX_BYTES"]."""
     raw = text.rstrip("\r\n")
+    cap = max_bytes or settings.TIDEWATCH["EVENT_LINE_MAX_BYTES"]
+    encoded = raw.encode("utf-8", "surrogatepass")
+    if len(encoded) > cap:
+        cut = encoded[:cap].decode("utf-8", "ignore")
+        marker = f" [... {len(encoded) - cap} more bytes cut]"
+        return _invalid(f"the line is {len(encoded)} bytes, more than the limit of {cap}", cut + marker)
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        data = _clean(json.loads(raw, parse_float=_finite, parse_constant=_reject_constant))
     except _Invalid as exc:
-        return InvalidEvent(str(exc), raw)
-    except (ValueError, RecursionError) as exc:
-        return InvalidEvent(f"not valid JSON ({exc})", raw)
+        return _invalid(str(exc), raw)
+    except RecursionError:
+        return _invalid(f"not valid JSON (nested deeper than {MAX_DEPTH} levels)", raw)
+    except ValueError as exc:
+        return _invalid(f"not valid JSON ({exc})", raw)
     if not isinstance(data, dict):
-        return InvalidEvent(f"not a JSON object (got {_json_type(data)})", raw)
-    if "\\u0000" in raw:
-        # PostgreSQL stores no NUL character, in text or in jsonb.
-        data = _without_nul(data)
+        return _invalid(f"not a JSON object (got {_json_type(data)})", raw)
     type_ = data.get("type")
     if type_ is None:
-        return InvalidEvent("field 'type' is required", raw)
+        return _invalid("field 'type' is required", raw)
     if not isinstance(type_, str):
-        return InvalidEvent("field 'type' must be a string", raw)
+        return _invalid("field 'type' must be a string", raw)
     parser = _PARSERS.get(type_)
     if parser is None:
-        return InvalidEvent(f"unknown type {type_!r} (expected one of {', '.join(EVENT_TYPES)})", raw)
+        return _invalid(f"unknown type {type_[:100]!r} (expected one of {', '.join(EVENT_TYPES)})", raw)
     try:
         return parser(data)
     except _Invalid as exc:
-        return InvalidEvent(str(exc), raw)
+        return _invalid(str(exc), raw)
+
+
+def _invalid(reason: str, raw: str) -> InvalidEvent:
+    return InvalidEvent(reason, _UNSTORABLE.sub("\ufffd", raw))
 
 
 # --- one parser per type -------------------------------------------------------------------------
@@ -221,14 +241,23 @@ def _time(data: dict, field: str) -> datetime | None:
         raise _Invalid(f"field {field!r} must be an ISO 8601 string")
     try:
         parsed = datetime.fromisoformat(value)
+        # A time without offset is taken as UTC, like every time Tidewatch stores.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise _Invalid(f"field {field!r} must be an ISO 8601 date-time") from None
-    # A time without offset is taken as UTC, like every time Tidewatch stores.
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+        raise _Invalid(f"field {field!r} is out of range") from None
 
 
 def _reject_constant(name: str):
     raise _Invalid(f"not valid JSON ({name} is not a JSON value)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309 overflows to infinity, which no JSON column stores
+        raise _Invalid(f"not valid JSON (the number {text[:40]} is out of range)")
+    return value
 
 
 def _json_type(value: Any) -> str:
@@ -237,11 +266,19 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _without_nul(value: Any) -> Any:
+# Neither PostgreSQL nor a UTF-8 encoder takes a NUL character or a lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """`value` with U+FFFD for every NUL character and lone surrogate (in strings and keys);
+    _Invalid when lists and objects are nested deeper than MAX_DEPTH."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, list | dict):
+        if depth >= MAX_DEPTH:
+            raise _Invalid(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, list):
+            return [_clean(v, depth + 1) for v in value]
+        return {_clean(k): _clean(v, depth + 1) for k, v in value.items()}
     return value
