@@ -1,6 +1,10 @@
 """executions.resolve: one-pass substitution, bounds on what it builds, CEL that cannot crash."""
 
+import atexit
+import os
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -21,7 +25,7 @@ from executions.resolve import (
 
 # Any text a task could hand back, without NUL (which cannot be an argument at all) or lone
 # surrogates (not encodable); mixed with what a shell or the resolver might act on.
-SHELLISH = ["${steps.gen.outputs.a}", "${item.x}", "${iteration}", "$(touch /tmp/tw-x)", "`id`",
+SHELLISH = ["${steps.gen.outputs.a}", "${item.x}", "${iteration}", "$(touch pwned)", "`id`",
             "'", '"', "\\", "\n", ";", "|", "&", "$HOME", "*", "~", "#", " ", "\t", "${", "}"]
 TEXT = st.lists(
     st.one_of(st.sampled_from(SHELLISH), st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))),
@@ -37,10 +41,20 @@ def ctx_with(outputs=None, item=None) -> dict:
     return ctx
 
 
+# Where the shell runs: a value that escaped its quotes would leave files here.
+SANDBOX = tempfile.mkdtemp(prefix="tidewatch-resolve-")
+atexit.register(shutil.rmtree, SANDBOX, ignore_errors=True)
+
+
 def shell_args(command: str) -> list[str]:
     """What `/bin/sh -c command` passes to printf '%s\\0', as the executor would run it."""
-    out = subprocess.run(["/bin/sh", "-c", command], capture_output=True, check=True, timeout=10).stdout
-    return out.decode("utf-8").split("\0")[:-1]
+    run = subprocess.run(["/bin/sh", "-c", command], cwd=SANDBOX, capture_output=True, check=True, timeout=10)
+    left = os.listdir(SANDBOX)
+    if left:  # empty it again, so that hypothesis can shrink to the value that did it
+        shutil.rmtree(SANDBOX)
+        os.mkdir(SANDBOX)
+    assert left == [], "a value was run as shell code"
+    return run.stdout.decode("utf-8").split("\0")[:-1]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -76,7 +90,7 @@ def test_a_substituted_value_that_looks_like_a_reference_is_not_substituted_agai
     marker = tmp_path / "pwned"
     outputs = {"a": "${steps.gen.outputs.b}", "b": f"; touch {marker}; echo "}
     command = render_command("echo ${steps.gen.outputs.a} ${steps.gen.outputs.b}", ctx_with(outputs))
-    subprocess.run(["/bin/sh", "-c", command], check=True, capture_output=True)
+    subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True, capture_output=True)
     assert not marker.exists()
     assert shell_args("printf '%s\\0' " + command.removeprefix("echo ")) == [outputs["a"], outputs["b"]]
 
@@ -85,7 +99,7 @@ def test_an_item_that_looks_like_a_reference_is_not_substituted_again(tmp_path):
     marker = tmp_path / "pwned"
     ctx = ctx_with({"b": f"; touch {marker}; echo "}, item={"x": "${steps.gen.outputs.b}", "y": "${item.x}"})
     command = render_command("echo ${item.x} ${steps.gen.outputs.b} ${item.y}", ctx)
-    subprocess.run(["/bin/sh", "-c", command], check=True, capture_output=True)
+    subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True, capture_output=True)
     assert not marker.exists()
     assert resolve_value("${item.y} ${item.x}", ctx) == "${item.x} ${steps.gen.outputs.b}"
 
