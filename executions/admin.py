@@ -64,8 +64,9 @@ class EstimatedCountPaginator(Paginator):
         return qs.order_by()[: self.CAP + 1].count()
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """A record: viewable, never added, changed or deleted from the admin."""
+class ReadOnlyAdmin(waves_admin.TeamScoped, admin.ModelAdmin):
+    """A record: viewable, never added, changed or deleted from the admin; a team admin
+    sees only their teams' (see waves.admin.TeamScoped)."""
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -197,6 +198,8 @@ class RunInline(ReadOnlyInline):
 
 @admin.register(ConcurrentExecutionSession)
 class ConcurrentExecutionSessionAdmin(ReadOnlyAdmin):
+    team_path = "runs__task_list"  # a session shows when it holds a run of the user's teams
+    to_many = ("runs",)
     list_display = (
         "id",
         "started_at",
@@ -232,6 +235,7 @@ class WaveInline(ReadOnlyInline):
 
 @admin.register(ExecutionRun)
 class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
+    team_path = "task_list"
     list_display = (
         "id",
         "task_list",

@@ -1,10 +1,9 @@
 """Resolving `${...}` references and CEL conditions against what a run has produced.
 
 The context is `{"steps": {key: {"outputs": ..., "status": ...}}, "item": ..., "iteration": n}`.
-In a command line every substituted value is shell-quoted, so an output such as
-`$(touch x)` reaches the shell as a literal word, never as code; that holds for a reference
-written as a word of its own, not inside "...", '...' or a here-document, where the
-quotes of the value are text and do not protect it. Substitution is one pass
+In a command line every substituted value is quoted for where it stands (a word of its own,
+inside '...', inside "...", in a here-document: waves/shell.py), so an output such as
+`$(touch x)` reaches the command as literal text, never as code. Substitution is one pass
 over the references of the original text: a substituted value is never scanned again, so
 an output holding `${steps.other.outputs.x}` stays that text.
 
@@ -23,6 +22,7 @@ from typing import Any
 
 import cel
 
+from waves import shell
 from waves.refs import REF_RE, RefError, parse_ref
 
 # Linux refuses one exec argument or environment string longer than 128 KiB (MAX_ARG_STRLEN,
@@ -120,14 +120,14 @@ def _text_of(value: Any, source: str) -> str:
         raise ResolveError(f"{source} is nested too deeply to be used as text") from None
 
 
-def _substitute(text: str, ctx: dict, budget: _Budget, quote: Callable[[str], str]) -> str:
-    """One left-to-right pass over the references of `text`: each is replaced by its
-    quoted value, and what was substituted is never scanned again."""
+def _substitute(text: str, ctx: dict, budget: _Budget, quote: Callable[[str, int], str]) -> str:
+    """One left-to-right pass over the references of `text`: the i-th is replaced by
+    quote(its value, i), and what was substituted is never scanned again."""
     parts, pos = [], 0
-    for m in REF_RE.finditer(text):
+    for i, m in enumerate(REF_RE.finditer(text)):
         parts.append(budget.take(text[pos : m.start()]))
         ref = _ref(m[0])
-        parts.append(budget.take(quote(_text_of(lookup(ref, ctx), ref.text)), ref.text))
+        parts.append(budget.take(quote(_text_of(lookup(ref, ctx), ref.text), i), ref.text))
         pos = m.end()
     parts.append(budget.take(text[pos:]))
     return "".join(parts)
@@ -148,7 +148,7 @@ def _resolve(value: Any, ctx: dict, budget: _Budget) -> Any:
         return value
     ref = _whole_ref(value)
     if ref is None:
-        return _substitute(value, ctx, budget, str)
+        return _substitute(value, ctx, budget, _as_is)
     resolved = lookup(ref, ctx)
     budget.take(_text_of(resolved, ref.text), ref.text)  # counted as the text it is written as
     return resolved
@@ -176,7 +176,7 @@ def resolve_env(env: dict, ctx: dict) -> dict[str, str]:
         budget = _Budget(ENV_VALUE_MAX_BYTES, f"env variable {name}", strict=True)
         ref = _whole_ref(value) if isinstance(value, str) else None
         if isinstance(value, str) and ref is None:
-            text, source = _substitute(value, ctx, budget, str), None
+            text, source = _substitute(value, ctx, budget, _as_is), None
         else:
             source = ref.text if ref else None
             value = lookup(ref, ctx) if ref else value
@@ -193,10 +193,37 @@ def _json(value: Any, source: str) -> str:
         raise ResolveError(f"{source} is nested too deeply to be used as text") from None
 
 
+def _as_is(value: str, _: int) -> str:
+    return value
+
+
+def quote_for(context: shell.Context, value: str) -> str:
+    """`value` as literal text at a place of kind `context` in a shell command."""
+    if context.kind == shell.WORD:
+        return shlex.quote(value)
+    if context.kind == shell.SINGLE:  # close '...', the quoted value, reopen
+        return "'" + shlex.quote(value) + "'"
+    if context.kind == shell.DOUBLE:  # close "...", the quoted value, reopen
+        return '"' + shlex.quote(value) + '"'
+    if context.kind == shell.COMMENT:  # text for people; a newline would end the comment
+        return " ".join(value.splitlines())
+    if context.kind == shell.HEREDOC:
+        lines = value.split("\n")
+        if any((line.lstrip("\t") if context.strip_tabs else line) == context.delimiter for line in lines):
+            raise ResolveError(f"the value holds the line {context.delimiter!r} that ends its here-document")
+        if not context.expands:
+            return value
+        return value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+    raise ResolveError(shell.UNSAFE)
+
+
 def render_command(command: str, ctx: dict) -> str:
-    """Substitute references into a shell command, each value shell-quoted, in one pass.
-    The result is bounded by COMMAND_MAX_BYTES and holds no NUL character."""
-    return _substitute(command, ctx, _Budget(COMMAND_MAX_BYTES, "the command", strict=True), shlex.quote)
+    """Substitute references into a shell command in one pass, each value quoted for where
+    it stands (waves/shell.py), so it reaches the command as the literal text it is. The
+    result is bounded by COMMAND_MAX_BYTES and holds no NUL character."""
+    places = shell.contexts(command)
+    budget = _Budget(COMMAND_MAX_BYTES, "the command", strict=True)
+    return _substitute(command, ctx, budget, lambda value, i: quote_for(places[i], value))
 
 
 def expression_problem(expression: str) -> str | None:

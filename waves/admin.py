@@ -13,6 +13,25 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from waves.models import Task, TaskDependency, TaskList, TaskTemplate
+from waves.teams import visible_task_lists
+
+
+class TeamScoped:
+    """A team admin sees (and acts on) only the rows of their teams' task lists; superusers
+    see all. `team_path` leads from the model to its task list ("" for a task list itself)."""
+
+    team_path = "execution__task_list"
+    to_many: tuple[str, ...] = ()  # relations on the path that fan out (no duplicate rows)
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        if request.user.is_superuser:
+            return qs
+        lookup = f"{self.team_path}__in" if self.team_path else "pk__in"
+        visible = {lookup: visible_task_lists(request.user).values("pk")}
+        if self.team_path and "__" in self.team_path and self.team_path.split("__")[0] in self.to_many:
+            return qs.filter(pk__in=self.model._default_manager.filter(**visible).values("pk"))
+        return qs.filter(**visible)
 
 
 def _link(label: str, text, **filters):
@@ -89,7 +108,8 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 
 @admin.register(TaskList)
-class TaskListAdmin(admin.ModelAdmin):
+class TaskListAdmin(TeamScoped, admin.ModelAdmin):
+    team_path = ""
     list_display = (
         "title",
         "team",
@@ -136,7 +156,8 @@ class DependencyInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(TeamScoped, admin.ModelAdmin):
+    team_path = "task_list"
     list_display = (
         "key",
         "task_list",
@@ -159,7 +180,8 @@ class TaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskDependency)
-class TaskDependencyAdmin(admin.ModelAdmin):
+class TaskDependencyAdmin(TeamScoped, admin.ModelAdmin):
+    team_path = "task__task_list"
     list_display = ("task", "depends_on", "task_list")
     list_select_related = ("task__task_list", "depends_on")
     search_fields = ("task__key", "depends_on__key", "task__task_list__title")

@@ -1,0 +1,68 @@
+"""A substituted value reaches the command as the literal text it is, wherever the reference
+stands: a word of its own, inside '...' or "...", inside $(...), in a here-document, in a
+comment. Each template below runs under /bin/sh and must print exactly what it would print
+if the value had been typed there as plain text."""
+
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from executions.resolve import ResolveError, render_command
+from waves import shell
+
+REF = "${steps.gen.outputs.v}"
+
+# template -> what it prints for a value v (None: the value is refused with ResolveError)
+TEMPLATES = {
+    f"printf '%s|' {REF}": lambda v: v + "|",
+    f"printf '%s|' \"pre-{REF}-post\"": lambda v: f"pre-{v}-post|",
+    f"printf '%s|' 'pre-{REF}-post'": lambda v: f"pre-{v}-post|",
+    f"printf '%s|' \"$(printf '%s' \"{REF}\")\"": lambda v: v.rstrip("\n") + "|",
+    f"printf '%s|' $(printf '%s' 'x') {REF}": lambda v: "x|" + v + "|",
+    f"x={REF}; printf '%s|' \"$x\"": lambda v: v + "|",
+    f"cat <<EOF\npre-{REF}-post\nEOF": lambda v: None if "EOF" in v.split("\n") else f"pre-{v}-post\n",
+    f"cat <<'EOF'\n{REF}\nEOF\nprintf done": lambda v: None if "EOF" in v.split("\n") else f"{v}\ndone",
+    f"cat <<-EOF\n\t{REF}\n\tEOF": lambda v: None if "EOF" in [x.lstrip("\t") for x in v.split("\n")] else f"{v}\n",
+    f"printf '%s|' {REF} # it's {REF}\nprintf after": lambda v: v + "|after",
+}
+
+values = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+nasty = st.sampled_from(
+    ["$(touch pwned)", "`touch pwned`", "'; touch pwned; echo '", '"; touch pwned; echo "', "a\nEOF\ntouch pwned",
+     "\\", "$HOME", "${steps.gen.outputs.v}", "*", "-n", "\n", "'", '"', "EOF"]
+)  # fmt: skip
+
+
+def run(command: str, cwd) -> str:
+    result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, cwd=cwd, timeout=10)
+    return result.stdout.decode("utf-8")  # bytes: no newline translation
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(values, nasty))
+def test_a_value_prints_as_typed_wherever_the_reference_stands(tmp_path, template, value):
+    expected = TEMPLATES[template](value)
+    ctx = {"steps": {"gen": {"outputs": {"v": value}}}}
+    if expected is None:
+        with pytest.raises(ResolveError, match="here-document"):
+            render_command(template, ctx)
+        return
+    assert run(render_command(template, ctx), tmp_path) == expected
+    assert list(tmp_path.iterdir()) == []  # nothing the value said was run
+
+
+def test_a_reference_inside_backquotes_is_refused():
+    with pytest.raises(ResolveError, match="backquotes"):
+        render_command(f"echo `echo {REF}`", {"steps": {"gen": {"outputs": {"v": "x"}}}})
+
+
+def test_contexts_follow_the_shells_quoting():
+    kinds = [c.kind for c in shell.contexts(
+        f"a {REF} '{REF}' \"{REF} $( {REF} \"{REF}\" ) \" `{REF}` # '{REF}\n"
+        f"cat <<E1 <<'E2'\n{REF}\nE1\n{REF}\nE2\necho \\'{REF}"
+    )]  # fmt: skip
+    assert kinds == ["word", "single", "double", "word", "double", "backquote", "comment",
+                     "heredoc", "heredoc", "word"]  # fmt: skip
