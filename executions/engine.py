@@ -13,7 +13,6 @@ dependents as early as possible; the records still read in time order.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from collections import defaultdict
@@ -27,11 +26,11 @@ from executions import ownership, services
 from executions.capture import Captured
 from executions.errors import OwnershipLost, ServiceError
 from executions.models import AgentStatus, ExecutionRun, RunStatus, TaskStatus, WaveTask
-from executions.resolve import ResolveError, render_command, resolve_value
+from executions.resolve import ResolveError
 from executions.runners.base import Finished, LaunchSpec, Output, Runner, Started
 from executions.scheduler import Expand, Gate, Launch, Queue, Scheduler, Settle
 from executions.signals import output_captured
-from executions.steps import Node, load_steps, safe  # noqa: F401 (safe: used by callers)
+from executions.steps import Node, launch_spec, load_steps, safe  # noqa: F401 (safe: used by callers)
 from executions.writes import Writes
 from waves import dag
 
@@ -263,34 +262,8 @@ class Engine:
         self.writes.launch(node, iteration, self.now_launch)
 
     def _spec(self, node: Node, iteration: int) -> LaunchSpec:
-        task, key = node.task, node.wt.key
-        ctx = self.sched.context(key)
-        if self.run.simulate_scale:
-            minutes = task.estimated_minutes or self.durations.get(key.split("[", 1)[0], 1.0)
-            command = f"sleep {minutes * self.run.simulate_scale:.3f}"
-        else:
-            command = render_command(task.command, ctx)
-        env = {
-            name: value if isinstance(value, str) else json.dumps(value)
-            for name, value in resolve_value(task.env or {}, ctx).items()
-        }
-        env.update(
-            TIDEWATCH_RUN_ID=str(self.run.pk),
-            TIDEWATCH_STEP=key,
-            TIDEWATCH_ATTEMPT=str(node.wt.attempt),
-            TIDEWATCH_ITERATION=str(iteration),
-        )
-        if node.wt.parent_id or "item" in ctx:
-            env["TIDEWATCH_ITEM"] = json.dumps(ctx.get("item"))
-        return LaunchSpec(
-            run_id=self.run.pk,
-            key=key,
-            attempt=node.wt.attempt,
-            command=command,
-            inputs=resolve_value(task.inputs or {}, ctx),
-            env=env,
-            timeout_s=task.timeout_s,
-        )
+        ctx = self.sched.context(node.wt.key)
+        return launch_spec(self.run, node, ctx, iteration, self.durations)
 
     # --- periodic work: cancel requests, approvals, the heartbeat ------------------------------------
 

@@ -7,12 +7,15 @@ values the scheduler works on, with critical-path priorities from the steps' dur
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from executions.models import ExecutionRun, WaveTask
+from executions.resolve import ENV_VALUE_MAX_BYTES, ResolveError, render_command, resolve_env, resolve_value
+from executions.runners.base import LaunchSpec
 from executions.scheduler import GroupDef, StepDef
 from executions.selectors import task_durations
 from waves import dag, selectors
@@ -116,3 +119,35 @@ def load_steps(run: ExecutionRun) -> Loaded:
         rows[wt.key] = (wt, task)
         steps.append((d, wt.status, wt.outputs))
     return Loaded(rows=rows, steps=steps, groups=groups, edges=edges, durations=durations)
+
+
+def launch_spec(run: ExecutionRun, node: Node, ctx: dict, iteration: int, durations: dict) -> LaunchSpec:
+    """What the runner needs to start the node's next attempt, every value resolved and
+    bounded. Raises ResolveError when its command, env or inputs cannot be built."""
+    task, key = node.task, node.wt.key
+    if run.simulate_scale:
+        minutes = task.estimated_minutes or durations.get(key.split("[", 1)[0], 1.0)
+        command = f"sleep {minutes * run.simulate_scale:.3f}"
+    else:
+        command = render_command(task.command, ctx)
+    env = resolve_env(task.env or {}, ctx)
+    env.update(
+        TIDEWATCH_RUN_ID=str(run.pk),
+        TIDEWATCH_STEP=key,
+        TIDEWATCH_ATTEMPT=str(node.wt.attempt),
+        TIDEWATCH_ITERATION=str(iteration),
+    )
+    if node.wt.parent_id or "item" in ctx:
+        item = json.dumps(ctx.get("item"))
+        if len(item.encode()) > ENV_VALUE_MAX_BYTES:
+            raise ResolveError(f"the item ({len(item)} characters) is too large for $TIDEWATCH_ITEM")
+        env["TIDEWATCH_ITEM"] = item
+    return LaunchSpec(
+        run_id=run.pk,
+        key=key,
+        attempt=node.wt.attempt,
+        command=command,
+        inputs=resolve_value(task.inputs or {}, ctx),
+        env=env,
+        timeout_s=task.timeout_s,
+    )
