@@ -16,7 +16,12 @@ library (never Python eval), after a check of their length and nesting.
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import shlex
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +39,8 @@ INPUTS_MAX_BYTES = 16 * 2**20  # `inputs:` (a JSON file), as text, against memor
 # CEL conditions (`when:`, `repeat.until`): refused before they reach the CEL library.
 EXPRESSION_MAX_CHARS = 4096
 EXPRESSION_MAX_DEPTH = 64  # nesting of (), [] and {}
+EXPRESSION_MAX_SECONDS = 5.0  # a condition with a comprehension runs in a child, killed past this
+MACRO_RE = re.compile(r"\.\s*(all|exists|exists_one|map|filter)\s*\(")
 
 BIG_VALUES_HINT = "pass big values through `inputs:` (the $TIDEWATCH_INPUTS file) instead"
 
@@ -246,13 +253,60 @@ def evaluate(expression: str, ctx: dict) -> bool:
     problem = expression_problem(expression)
     if problem:
         raise ResolveError(f"condition {shown!r} {problem}")
+    if MACRO_RE.search(expression):
+        result = _in_child(expression, ctx, shown)
+    else:
+        result = _cel(expression, ctx, shown)
+    if not isinstance(result, bool):
+        raise ResolveError(f"condition {shown!r} gave {result!r:.200}, not true or false")
+    return result
+
+
+def _cel(expression: str, ctx: dict, shown: str):
     try:
-        result = cel.evaluate(expression, ctx)
+        return cel.evaluate(expression, ctx)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # several types, and pyo3's PanicException is a BaseException
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
         raise ResolveError(f"condition {shown!r} failed: {reason}") from None
-    if not isinstance(result, bool):
-        raise ResolveError(f"condition {shown!r} gave {result!r:.200}, not true or false")
-    return result
+
+
+def _in_child(expression: str, ctx: dict, shown: str):
+    """Evaluate in a forked child, killed after EXPRESSION_MAX_SECONDS: a comprehension
+    (`all`, `exists`, `map`, `filter`) over a big list, nested, is exponential in time, and
+    CEL cannot be interrupted in this process."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: evaluate, send the answer, leave without any clean-up
+        os.close(read_end)
+        try:
+            answer = {"result": _cel(expression, ctx, shown)}
+        except ResolveError as exc:
+            answer = {"error": str(exc)}
+        try:
+            os.write(write_end, json.dumps(answer, default=repr).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        data = b""
+        deadline = time.monotonic() + EXPRESSION_MAX_SECONDS
+        while (left := deadline - time.monotonic()) > 0 and select.select([read_end], [], [], left)[0]:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            data += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise ResolveError(f"condition {shown!r} took longer than {EXPRESSION_MAX_SECONDS}s")
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ResolveError(f"condition {shown!r} failed: the evaluation crashed") from None
+    if "error" in answer:
+        raise ResolveError(answer["error"])
+    return answer["result"]

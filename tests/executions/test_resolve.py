@@ -267,3 +267,18 @@ def test_interrupts_still_go_through_evaluate(monkeypatch, exc):
     monkeypatch.setattr(resolve.cel, "evaluate", interrupted)
     with pytest.raises(exc):
         evaluate("true", {})
+
+
+def test_a_condition_with_comprehensions_is_bounded_in_time(monkeypatch):
+    ctx = {"steps": {"a": {"outputs": {"xs": list(range(10))}}}}
+    assert evaluate("steps.a.outputs.xs.all(x, x < 10)", ctx) is True
+    assert evaluate("steps.a.outputs.xs.exists(x, x == 11)", ctx) is False
+    with pytest.raises(ResolveError, match="unknown|no such|undeclared|failed"):
+        evaluate("steps.a.outputs.xs.all(x, nope)", ctx)
+    monkeypatch.setattr(resolve, "EXPRESSION_MAX_SECONDS", 0.5)
+    nested = "steps.a.outputs.xs" + "".join(f".all(x{i}, steps.a.outputs.xs" for i in range(9))
+    nested += ".all(y, true)" + ")" * 9  # 10^10 steps
+    started = time.monotonic()
+    with pytest.raises(ResolveError, match="took longer than 0.5s"):
+        evaluate(nested, ctx)
+    assert time.monotonic() - started < 5
