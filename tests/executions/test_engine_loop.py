@@ -3,6 +3,8 @@ how it ends, and what it does when something goes wrong. Real processes are in t
 
 import json
 import subprocess
+import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -265,3 +267,32 @@ def test_for_each_instances_are_recorded_before_what_the_same_turn_decides_for_t
     assert parent.outputs == [{}, None, {}] and parent.error == "1 of 3 instances did not succeed"
     assert set(WaveTask.objects.filter(parent=parent).values_list("wave_id", flat=True)) == {parent.wave_id}
     assert_audit_replays(run)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_turn_keeps_the_heartbeat_going_so_the_run_is_never_taken_for_dead(settings):
+    """The loop is stuck in one poll for 3 s, three heartbeat intervals: the heartbeat thread
+    keeps the run's heartbeat fresh, so another host (which can only judge by the heartbeat)
+    does not take the executor for dead, and the run is not reaped."""
+    from executions import ownership
+
+    settings.TIDEWATCH = {**settings.TIDEWATCH, "HEARTBEAT_SECONDS": 1, "STALE_AFTER_SECONDS": 2}
+    run = services.run_start(task_list(keys=("a",)))
+    seen = []
+
+    def stuck(runner):
+        if runner.polls == 2:  # the attempt is running: the loop does not turn for 3 s
+            for _ in range(6):
+                time.sleep(0.5)
+                seen.append((timezone.now(), ExecutionRun.objects.get(pk=run.pk)))
+
+    runner = FakeRunner({"a": Script(polls=3)})
+    runner.on_poll = stuck
+    summary = Engine(run, runner).execute()
+    assert summary.status == RunStatus.SUCCEEDED
+    assert seen[-1][1].executor_heartbeat > seen[0][1].executor_heartbeat  # it beats while stuck
+    for observed_at, seen_run in seen:
+        seen_run.executor_hostname = "another-host"  # judged as another host would: by the heartbeat
+        assert not ownership.executor_is_gone(seen_run, observed_at)
+    assert ownership.executor_is_gone(seen_run, observed_at + timedelta(seconds=3))
+    assert ExecutionRun.objects.get(pk=run.pk).status == RunStatus.SUCCEEDED
