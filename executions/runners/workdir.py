@@ -39,10 +39,15 @@ ENV_DENY = (
 ENV_VALUE_MAX_BYTES = 128 * 1024 - 64
 ENV_INPUTS_MAX_BYTES = 1024 * 1024  # all $TIDEWATCH_INPUT_* together
 
-# `sh -c WRAPPER sh COMMAND`: the command runs in a shell of its own, exactly as `sh -c
-# COMMAND` would; then its exit status is left in the work directory (`printf` is a builtin:
-# no process more), and the wrapper exits with it.
-WRAPPER = '/bin/sh -c "$1"; code=$?; printf "%s\\n" "$code" > "$TIDEWATCH_WORK_DIR/.exitcode"; exit "$code"'
+# `sh -c WRAPPER sh COMMAND`: the command runs in this one shell, as `sh -c COMMAND` would
+# (no positional parameters; the variable holding it is unset first), and the EXIT trap
+# leaves its exit status in the work directory as the shell ends, whether the command ran
+# to its end or called `exit` (`printf` is a builtin: no process more). Killed by a signal,
+# it leaves none: the attempt did not finish.
+WRAPPER = (
+    "trap 'printf \"%s\\n\" \"$?\" > \"$TIDEWATCH_WORK_DIR/.exitcode\"' EXIT; "
+    '__tidewatch_command=$1; shift; eval "unset __tidewatch_command; $__tidewatch_command"'
+)
 
 
 def attempt_dir(run_id: int, key: str, attempt: int) -> Path:
