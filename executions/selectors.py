@@ -16,14 +16,25 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from django.db.models import F, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models.functions import Coalesce, RowNumber
 
 from executions.errors import NotFound
-from executions.models import ExecutionRun, ParallelExecutionWave, RunStatus, TaskStatus, WaveTask
+from executions.models import (
+    AgentStatus,
+    BuildAgentInstance,
+    ConcurrentExecutionSession,
+    ExecutionRun,
+    ParallelExecutionWave,
+    RunStatus,
+    TaskStatus,
+    TaskStatusAudit,
+    WaveTask,
+)
 from executions.records import iso
 from waves.models import Task, TaskList
 from waves.selectors import task_estimates
+from waves.teams import visible_task_lists
 
 # Largest value a database id column holds (a signed 64-bit integer).
 MAX_ID = 2**63 - 1
@@ -299,4 +310,156 @@ def task_durations(task_list: TaskList) -> dict[str, float]:
     return {
         key: minutes if minutes is not None else (statistics.median(history[key]) if history[key] else 1.0)
         for key, minutes in out.items()
+    }
+
+
+# --- what the REST API reads (executions/api.py) --------------------------------------------
+# Each answers in a fixed number of queries whatever the number of rows: what a row shows of
+# other tables comes by a join or a subquery, never a query per row. "Steps" are counted as
+# run_status counts them: a for_each step that has its instances is counted by its instances.
+
+
+def visible_runs(user) -> QuerySet[ExecutionRun]:
+    """The runs of the task lists `user` may see (waves.teams): anything else is not found."""
+    return ExecutionRun.objects.filter(task_list__in=visible_task_lists(user))
+
+
+def _is_step() -> Exists:
+    return ~Exists(WaveTask.objects.filter(parent_id=OuterRef("pk")))
+
+
+def run_step_counts(run: ExecutionRun) -> dict[str, int]:
+    """Steps of the run per status, every status present (one query)."""
+    rows = (
+        WaveTask.objects.filter(_is_step(), execution=run)
+        .order_by()
+        .values_list("status")
+        .annotate(Count("pk"))
+    )
+    return {**dict.fromkeys(TaskStatus.values, 0), **dict(rows)}
+
+
+# The counters wave_progress() adds, per status. completed_count is "succeeded", as in
+# wave_statistics and v_wave_progress.
+WAVE_COUNTERS = {
+    status: "completed_count" if status == TaskStatus.SUCCEEDED else f"{status}_count"
+    for status in TaskStatus.values
+}
+
+
+def wave_progress(run: ExecutionRun) -> QuerySet[ParallelExecutionWave]:
+    """Seed 000 §7.1 (the rows of v_wave_progress, by wave number) computed from this app's
+    own tables: the run's waves with their steps counted per status and their agents, in one
+    query. The counts are live (the view's come from wave_statistics, kept by observability)."""
+    step = Q(wave_tasks__instances__isnull=True)
+    counters = {
+        name: Count("wave_tasks", filter=step & Q(wave_tasks__status=status))
+        for status, name in WAVE_COUNTERS.items()
+    }
+    agents = (
+        BuildAgentInstance.objects.filter(wave=OuterRef("pk"))
+        .order_by()
+        .values("wave")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return (
+        ParallelExecutionWave.objects.filter(execution=run)
+        .annotate(
+            task_count=Count("wave_tasks", filter=step),
+            **counters,
+            agent_count=Coalesce(Subquery(agents), 0),
+            task_list_title=F("execution__task_list__title"),
+            execution_status=F("execution__status"),
+        )
+        .order_by("wave_number")
+    )
+
+
+def run_wave_tasks(run: ExecutionRun) -> QuerySet[WaveTask]:
+    """The run's wave tasks with their wave number, step title and kind, and their for_each
+    parent's key, in plan order (wave, position in the source, item)."""
+    return (
+        WaveTask.objects.filter(execution=run)
+        .annotate(
+            wave_number=F("wave__wave_number"),
+            title=F("task__title"),
+            kind=F("task__kind"),
+            parent_key=F("parent__key"),
+        )
+        .order_by("wave__wave_number", "task__position", F("item_index").asc(nulls_first=True), "id")
+    )
+
+
+def run_timeline(run: ExecutionRun) -> QuerySet[WaveTask]:
+    """Seed 000 §7.5 per task: each wave task with when it last entered the queue (from the
+    audit), started and ended, ordered by start (never started last)."""
+    queued = (
+        TaskStatusAudit.objects.filter(wave_task=OuterRef("pk"), new_status=TaskStatus.QUEUED)
+        .order_by("-id")
+        .values("changed_at")[:1]
+    )
+    return (
+        WaveTask.objects.filter(execution=run)
+        .annotate(
+            wave_number=F("wave__wave_number"),
+            title=F("task__title"),
+            parent_key=F("parent__key"),
+            queued_at=Subquery(queued),
+        )  # fmt: skip
+        .order_by(F("started_at").asc(nulls_last=True), "id")
+    )
+
+
+def active_agents(runs: QuerySet[ExecutionRun]) -> QuerySet[BuildAgentInstance]:
+    """Seed 000 §7.2 (the rows of v_active_agents): the running agents of these runs with
+    their step, wave and task list, oldest first."""
+    return (
+        BuildAgentInstance.objects.filter(status=AgentStatus.RUNNING, execution__in=runs)
+        .annotate(
+            task_key=F("wave_task__key"),
+            display_id=F("task__display_id"),
+            task_title=F("task__title"),
+            wave_number=F("wave__wave_number"),
+            task_list_id=F("execution__task_list_id"),
+            task_list_title=F("execution__task_list__title"),
+        )  # fmt: skip
+        .order_by("started_at", "id")
+    )
+
+
+def run_audit(run: ExecutionRun) -> QuerySet[TaskStatusAudit]:
+    """The run's task status audit (seed 004 §15), with each row's step key."""
+    return TaskStatusAudit.objects.filter(execution=run).annotate(key=F("wave_task__key"))
+
+
+def visible_sessions(runs: QuerySet[ExecutionRun]) -> QuerySet[ConcurrentExecutionSession]:
+    """The sessions that hold at least one of these runs."""
+    return ConcurrentExecutionSession.objects.filter(Exists(runs.filter(session=OuterRef("pk"))))
+
+
+def session_summary(session: ConcurrentExecutionSession, runs: QuerySet[ExecutionRun]) -> dict[str, Any]:
+    """Seed 000 §7.6 over the session's runs among `runs` (the ones the user may see): its
+    task lists, runs per status, waves, steps and agents. The session's own peaks are the
+    session's (every run in it counts). Five queries."""
+    mine = runs.filter(session=session)
+    by_status = dict(mine.order_by().values_list("status").annotate(Count("pk")))
+    lists = (
+        mine.order_by("task_list__title", "task_list_id")
+        .values_list("task_list_id", "task_list__title")
+        .distinct()
+    )
+    return {
+        "session_id": session.pk,
+        "status": session.status,
+        "started_at": session.started_at,
+        "completed_at": session.completed_at,
+        "peak_concurrent_agents": session.peak_concurrent_agents,
+        "peak_concurrent_tasks": session.peak_concurrent_tasks,
+        "task_lists": [{"id": pk, "title": title} for pk, title in lists],
+        "execution_count": sum(by_status.values()),
+        "executions": {**dict.fromkeys(RunStatus.values, 0), **by_status},
+        "total_waves": ParallelExecutionWave.objects.filter(execution__in=mine).count(),
+        "total_tasks": WaveTask.objects.filter(_is_step(), execution__in=mine).count(),
+        "total_agents": BuildAgentInstance.objects.filter(execution__in=mine).count(),
     }
