@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from waves.loaders import Definition, DefinitionError, validate
+from waves.loaders import Definition, DefinitionError, max_length, validate
 from waves.models import Task, TaskDependency, TaskList, TaskTemplate
 
 # Rows per IN (...) list: PostgreSQL takes at most 65,535 parameters in one statement.
@@ -26,8 +26,15 @@ def task_list_import(
     """
     validate(definition)  # everything is checked before the first write
     title = (name or definition.name).strip()
+    source_path = source_path or definition.source
     if not title:
         raise DefinitionError("the task list needs a name", source=definition.source)
+    for what, value, field in (("name", title, "title"), ("source path", source_path, "source_path")):
+        limit = max_length("TaskList", field)
+        if len(value) > limit or "\x00" in value:
+            raise DefinitionError(
+                f"the {what} must be at most {limit} characters, without NUL", source=definition.source
+            )
     with transaction.atomic():
         old = TaskList.objects.select_for_update().filter(title=title, archived_at__isnull=True).first()
         if old and not replace:
@@ -44,7 +51,7 @@ def task_list_import(
             title=title,
             description=definition.description,
             max_parallelism=definition.max_parallelism,
-            source_path=source_path or definition.source,
+            source_path=source_path,
             source_format=definition.format,
             definition=definition.to_json(),
         )

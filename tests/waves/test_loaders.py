@@ -1,5 +1,6 @@
 """Loader errors: each names the file, the line, the step and the problem; nothing is written."""
 
+import re
 import textwrap
 
 import pytest
@@ -68,6 +69,21 @@ BAD = [
         "more than the limit",
     ),
     ("id.yaml", "steps:\n" + GOOD_STEP + "  - id: 'a b'\n", 4, None, "bad id 'a b'"),
+    (
+        "twice.yaml",
+        "steps:\n" + GOOD_STEP + "    run: 'false'\n",
+        4,
+        None,
+        "duplicate key 'run' (first on line 3)",
+    ),
+    ("twice.json", '{"steps": [\n  {"id": "a", "run": "x", "run": "y"}\n]}', 2, "a", "duplicate key 'run'"),
+    (
+        "deep.yaml",
+        "steps:\n  - id: y\n    inputs: {a: " + "[" * 70 + "]" * 70 + "}\n",
+        3,
+        None,
+        "nested deeper than 64",
+    ),
 ]
 
 
@@ -84,7 +100,7 @@ def test_bad_input_names_file_line_step_and_problem_and_writes_nothing(
     if step:
         assert f"step '{step}'" in message
     assert problem in message
-    with pytest.raises(CommandError, match=problem.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(CommandError, match=re.escape(problem)):
         call_command("import_tasklist", str(path))
     assert not TaskList.objects.exists() and not Task.objects.exists()
 
