@@ -20,7 +20,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from config.api import BooleanFilter, Needs, Pagination, get_or_404, id_from
-from waves.loaders import DefinitionError, load_text
+from waves.loaders import DefinitionError, load_bytes
 from waves.models import TaskList
 from waves.selectors import task_list_plan
 from waves.services import task_list_import
@@ -84,19 +84,13 @@ class TaskListFilter(django_filters.FilterSet):
 
 
 class DefinitionText(parsers.BaseParser):
-    """The body as text: the loaders want the file as written (line numbers, duplicate keys)."""
+    """The body as bytes (at most one past IMPORT_MAX_BYTES): the loader reads them as it reads
+    a file, so the API and `import_tasklist` give the same messages."""
 
     media_type = "*/*"
 
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.TIDEWATCH["IMPORT_MAX_BYTES"]
-        data = stream.read(limit + 1) if stream else b""
-        if len(data) > limit:
-            raise ValidationError({"body": [f"larger than the {limit}-byte limit (TIDEWATCH_IMPORT_MAX_BYTES)"]})
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValidationError({"body": [f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}"]})
+        return stream.read(settings.TIDEWATCH["IMPORT_MAX_BYTES"] + 1) if stream else b""
 
 
 SUFFIX = {"application/json": ".json", "text/plain": ".pipeline", "application/yaml": ".yaml", "application/x-yaml": ".yaml", "text/yaml": ".yaml"}
@@ -163,7 +157,7 @@ class TaskListViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             raise ValidationError({"team": [str(exc)]})
         media = (request.content_type or "").split(";")[0].strip().lower()
         try:
-            definition = load_text(request.data, source="<request>", suffix=SUFFIX.get(media, ""), name=name)
+            definition = load_bytes(request.data, source="<request>", suffix=SUFFIX.get(media, ""), name=name)
             with transaction.atomic():
                 old = TaskList.objects.filter(title=(name or definition.name).strip(), archived_at__isnull=True)
                 if replace and old.exists() and not visible_task_lists(request.user).filter(pk=old[0].pk).exists():

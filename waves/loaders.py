@@ -26,7 +26,7 @@ import cel
 import yaml
 from django.conf import settings
 
-from waves import dag, refs
+from waves import dag, refs, shell
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]+")
 MAX_FOR_EACH = 10_000
@@ -607,6 +607,8 @@ def _parse_step(raw: dict, sid: str, line, err) -> StepDef:
             raise e(f"{r.text} is only available in a step with 'for_each'")
         if r.kind == "iteration" and s.repeat is None:
             raise e(f"{r.text} is only available in a step with 'repeat'")
+    if isinstance(s.command, str) and any(c.kind == shell.BACKQUOTE for c in shell.contexts(s.command)):
+        raise e(f"run: {shell.UNSAFE}")
     implied = [r.step for r in found_refs if r.kind == "steps"]
     s.depends_on = list(dict.fromkeys(deps + implied))
     return s

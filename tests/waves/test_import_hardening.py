@@ -520,3 +520,12 @@ def test_whatever_loads_imports_on_this_database_and_reads_back_equal(steps, as_
         assert (t.timeout_s, t.retries, t.estimated_minutes, t.for_each) == (
             s.timeout_s, s.retries, s.estimated_minutes, s.for_each,
         )  # fmt: skip
+
+
+def test_a_reference_inside_backquotes_is_refused_at_import():
+    from waves.loaders import DefinitionError, load_text
+
+    text = "name: bq\nsteps:\n  - id: a\n    run: echo x\n  - id: b\n    run: echo `echo ${steps.a.outputs.x}`\n"
+    with pytest.raises(DefinitionError, match=r"step 'b'.*backquotes.*\$\(\.\.\.\)"):
+        load_text(text, suffix=".yaml")
+    load_text(text.replace("`echo ${steps.a.outputs.x}`", "$(echo ${steps.a.outputs.x})"), suffix=".yaml")
