@@ -22,6 +22,7 @@ from __future__ import annotations
 import django_filters
 from django import forms
 from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import exceptions, pagination, permissions, status
 from rest_framework.exceptions import ValidationError
 
@@ -95,6 +96,23 @@ class _Cursor(pagination.CursorPagination):
     def get_page_size(self, request):
         return bounded_int(request.query_params, "limit", self.page_size, 1, self.max_page_size)
 
+    def decode_cursor(self, request):
+        """A cursor this endpoint did not hand out is 400 naming `cursor` (DRF says 404); its
+        position must be a whole number a column can hold (the orderings are integer
+        columns), or it would reach the database."""
+        if not request.query_params.get(self.cursor_query_param):
+            return None  # the first page
+        try:
+            decoded = super().decode_cursor(request)
+        except exceptions.NotFound:
+            decoded = None
+        position = decoded.position if decoded else None
+        if decoded is None or (
+            position is not None and not (position.isascii() and position.isdigit() and int(position) <= MAX_ID)
+        ):
+            raise ValidationError({"cursor": ["not a cursor this endpoint handed out"]})
+        return decoded
+
 
 def cursor(ordering: str, page_size: int = 100) -> type[pagination.CursorPagination]:
     """Cursor pagination over a unique, indexed key: as fast on page 10,000 as on page 1."""
@@ -119,3 +137,42 @@ class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "the request conflicts with the current state"
     default_code = "conflict"
+
+
+class _WholeNumber(forms.Field):
+    def __init__(self, *args, minimum: int = 1, maximum: int = MAX_ID, **kwargs):
+        self.minimum, self.maximum = minimum, maximum
+        super().__init__(*args, **kwargs)
+
+    def to_python(self, value):
+        text = "" if value is None else str(value).strip()
+        if text == "":
+            return None
+        if text.isascii() and text.isdigit() and self.minimum <= int(text) <= self.maximum:
+            return int(text)
+        raise forms.ValidationError(f"must be a whole number from {self.minimum} to {self.maximum}")
+
+
+class _WholeNumberFilter(django_filters.Filter):
+    field_class = _WholeNumber
+
+
+def whole_number(
+    field_name: str, *, minimum: int = 1, maximum: int = MAX_ID, **kwargs
+) -> django_filters.Filter:
+    """A filter on an integer column: a value the column cannot hold is 400 naming the
+    parameter, never a database error."""
+    found = _WholeNumberFilter(field_name=field_name, minimum=minimum, maximum=maximum, **kwargs)
+    schema = {
+        "type": "integer",
+        "minimum": minimum,
+        "maximum": maximum,
+        "description": kwargs.get("help_text", ""),
+    }
+    return extend_schema_field(schema)(found)
+
+
+def path_id(name: str, what: str) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, str, OpenApiParameter.PATH, pattern="^[^/]+$", description=f"{what} (a whole number)"
+    )

@@ -22,10 +22,10 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, parsers, serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from config.api import MAX_ID, BooleanFilter, Needs, cursor, get_or_404, id_from
+from config.api import BooleanFilter, Needs, cursor, get_or_404, id_from
 from executions import api as executions_api
 from executions.capture import Captured
 from executions.models import ExecutionRun
@@ -53,29 +53,6 @@ def _limit(name: str, default: int) -> int:
 
 
 # --- pagination --------------------------------------------------------------------------------
-
-
-class _WholeNumberCursor:
-    """A cursor that is not one this endpoint handed out is 400 naming `cursor` (DRF says
-    404), and its position must be a whole number: the orderings here are integer columns,
-    and a position a column cannot hold would reach the database."""
-
-    def decode_cursor(self, request):
-        try:
-            decoded = super().decode_cursor(request)
-        except NotFound:
-            decoded = False
-        position = decoded.position if decoded else None
-        if decoded is False or (
-            position is not None
-            and not (position.isascii() and position.isdigit() and int(position) <= MAX_ID)
-        ):
-            raise ValidationError({"cursor": ["not a cursor this endpoint handed out"]})
-        return decoded
-
-
-def _cursor(ordering):
-    return type("Cursor", (_WholeNumberCursor, cursor(ordering)), {})
 
 
 # --- serializers -------------------------------------------------------------------------------
@@ -206,7 +183,7 @@ class _WaveRecords(generics.ListAPIView):
 class TranscriptView(_WaveRecords):
     serializer_class = TranscriptEntrySerializer
     filterset_class = TranscriptFilter
-    pagination_class = _cursor(("sequence", "id"))
+    pagination_class = cursor(("sequence", "id"))
     selector = staticmethod(selectors.wave_transcript)
 
     @extend_schema(
@@ -223,7 +200,7 @@ class TranscriptView(_WaveRecords):
 class ToolUseView(_WaveRecords):
     serializer_class = ToolUseSerializer
     filterset_class = ToolUseFilter
-    pagination_class = _cursor(("id",))
+    pagination_class = cursor(("id",))
     selector = staticmethod(selectors.wave_tool_uses)
 
     @extend_schema(
@@ -239,7 +216,7 @@ class ToolUseView(_WaveRecords):
 class AssertionView(_WaveRecords):
     serializer_class = AssertionResultSerializer
     filterset_class = AssertionFilter
-    pagination_class = _cursor(("id",))
+    pagination_class = cursor(("id",))
     selector = staticmethod(selectors.wave_assertions)
 
     @extend_schema(

@@ -1,0 +1,344 @@
+"""Runs: list and detail, their tasks, waves and timeline."""
+
+from __future__ import annotations
+
+import django_filters
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import generics, serializers
+from rest_framework.response import Response
+
+from config.api import Needs, get_or_404, id_from, path_id, whole_number
+from executions import selectors
+from executions.api.common import ERRORS, RUN_ID, _seconds, choice, status_field
+from executions.models import (
+    ExecutionRun,
+    ParallelExecutionWave,
+    RunStatus,
+    TaskStatus,
+    WaveStatus,
+    WaveTask,
+)
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+class RunSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    task_list_name = serializers.CharField(source="task_list.title")
+    status = status_field(RunStatus)
+    speedup = serializers.SerializerMethodField(
+        help_text="task seconds / working seconds (gates not charged)"
+    )
+    cancel_requested = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExecutionRun
+        fields = (
+            "id", "url", "task_list", "task_list_name", "session", "status", "backend", "schedule",
+            "max_parallelism", "simulate_scale", "attempt", "resumed_from", "resumed_by", "created_at",
+            "started_at", "completed_at", "wall_seconds", "task_seconds", "gate_wait_seconds", "speedup",
+            "peak_concurrency", "cancel_requested", "cancel_requested_at", "cancel_requested_by", "error",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_url(self, run) -> str:
+        return self.context["request"].build_absolute_uri(reverse("api:execution-detail", args=[run.pk]))
+
+    def get_speedup(self, run) -> float | None:
+        return selectors.speedup(run)
+
+    def get_cancel_requested(self, run) -> bool:
+        return run.cancel_requested_at is not None
+
+
+StepCountsSerializer = type(
+    "StepCountsSerializer",
+    (serializers.Serializer,),
+    {"__doc__": "Steps per status.", **{s: serializers.IntegerField() for s in TaskStatus.values}},
+)
+RunCountsSerializer = type(
+    "RunCountsSerializer",
+    (serializers.Serializer,),
+    {"__doc__": "Runs per status.", **{s: serializers.IntegerField() for s in RunStatus.values}},
+)
+LINKS = ("tasks", "waves", "timeline", "agents", "audit", "events")
+
+
+class RunLinksSerializer(serializers.Serializer):
+    tasks = serializers.URLField()
+    waves = serializers.URLField()
+    timeline = serializers.URLField()
+    agents = serializers.URLField()
+    audit = serializers.URLField()
+    events = serializers.URLField()
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = serializers.SerializerMethodField(
+        help_text="steps per status (a for_each step is counted by its instances)"
+    )
+    total = serializers.SerializerMethodField()
+    done = serializers.SerializerMethodField(help_text="steps succeeded or skipped")
+    percent = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = (
+            *RunSerializer.Meta.fields, "executor_hostname", "executor_pid", "executor_heartbeat", "steps",
+            "total", "done", "percent", "links",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(StepCountsSerializer)
+    def get_steps(self, run) -> dict:
+        return self.context["steps"]
+
+    def get_total(self, run) -> int:
+        return sum(self.context["steps"].values())
+
+    def get_done(self, run) -> int:
+        return self.context["steps"][TaskStatus.SUCCEEDED] + self.context["steps"][TaskStatus.SKIPPED]
+
+    def get_percent(self, run) -> int:
+        total = self.get_total(run)
+        return 100 * self.get_done(run) // total if total else 0
+
+    @extend_schema_field(RunLinksSerializer)
+    def get_links(self, run) -> dict:
+        absolute = self.context["request"].build_absolute_uri
+        return {name: absolute(reverse(f"api:execution-{name}", args=[run.pk])) for name in LINKS}
+
+
+class RunFilter(django_filters.FilterSet):
+    status = choice(RunStatus.choices)
+    task_list = whole_number("task_list_id", help_text="a task list's id")
+    session = whole_number("session_id", help_text="a session's id")
+
+    class Meta:
+        model = ExecutionRun
+        fields = ("status", "task_list", "session")
+
+
+def _run(request, value, name: str = "execution_id") -> ExecutionRun:
+    """The run a path names, among those the user may see: 400 naming `name` for a bad id."""
+    pk = id_from(value, name)
+    return get_or_404(selectors.visible_runs(request.user).select_related("task_list"), pk=pk)
+
+
+class RunListView(generics.ListAPIView):
+    permission_classes = [Needs]
+    queryset = ExecutionRun.objects.none()
+    serializer_class = RunSerializer
+    filterset_class = RunFilter
+
+    def get_queryset(self):
+        return selectors.visible_runs(self.request.user).select_related("task_list").order_by("-id")
+
+    @extend_schema(
+        summary="Runs of your teams' task lists, newest first",
+        responses={200: RunSerializer(many=True), 400: ERRORS[400]},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class RunDetailView(generics.GenericAPIView):
+    permission_classes = [Needs]
+    serializer_class = RunDetailSerializer
+
+    @extend_schema(
+        summary="A run: its fields, speedup and steps per status",
+        parameters=[path_id("id", "the run's id")],
+        responses={200: RunDetailSerializer, **ERRORS},
+    )
+    def get(self, request, id):
+        run = _run(request, id, "id")
+        context = {**self.get_serializer_context(), "steps": selectors.run_step_counts(run)}
+        return Response(RunDetailSerializer(run, context=context).data)
+
+
+class _RunRecords(generics.ListAPIView):
+    """A list of one run's rows: the run is found among those the user may see (else 404),
+    its id checked first (400 naming `execution_id`)."""
+
+    permission_classes = [Needs]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        self.run = _run(self.request, self.kwargs["execution_id"])
+        return self.records(self.run)
+
+    def records(self, run):
+        raise NotImplementedError
+
+
+# --- tasks, waves, timeline ---------------------------------------------------------------------
+
+
+class RunTaskSerializer(serializers.ModelSerializer):
+    wave_number = serializers.IntegerField()
+    title = serializers.CharField(help_text="the step's title")
+    kind = serializers.CharField(help_text="task or gate")
+    parent = serializers.CharField(
+        source="parent_key", allow_null=True, help_text="a for_each instance's step key"
+    )
+    status = status_field(TaskStatus)
+    duration_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WaveTask
+        fields = (
+            "id", "key", "title", "kind", "wave", "wave_number", "parent", "item_index", "item", "status",
+            "attempt", "started_at", "completed_at", "duration_seconds", "exit_code", "outputs", "error",
+            "approval_decision", "approved_by", "approved_at",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_duration_seconds(self, wt) -> float | None:
+        return _seconds(wt.started_at, wt.completed_at)
+
+
+class RunTaskFilter(django_filters.FilterSet):
+    status = choice(TaskStatus.choices)
+    wave = whole_number("wave__wave_number", minimum=0, maximum=2**31 - 1, help_text="a wave number")
+    key = django_filters.CharFilter(max_length=220, help_text="a step key")
+
+    class Meta:
+        model = WaveTask
+        fields = ("status", "wave", "key")
+
+
+class RunTasksView(_RunRecords):
+    queryset = WaveTask.objects.none()
+    serializer_class = RunTaskSerializer
+    filterset_class = RunTaskFilter
+
+    def records(self, run):
+        return selectors.run_wave_tasks(run)
+
+    @extend_schema(
+        summary="A run's tasks: status, attempt, wave, times, exit code, outputs",
+        description="In plan order (wave, position in the source, item).",
+        parameters=[RUN_ID],
+        responses={200: RunTaskSerializer(many=True), **ERRORS},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class RunWaveSerializer(serializers.ModelSerializer):
+    """A row of v_wave_progress (seed 000 §7.1, with §7.5's agent count), counted live."""
+
+    status = status_field(WaveStatus)
+    duration_seconds = serializers.SerializerMethodField()
+    task_count = serializers.IntegerField(
+        help_text="steps in the wave (a for_each step is counted by its instances)"
+    )
+    pending_count = serializers.IntegerField()
+    queued_count = serializers.IntegerField()
+    waiting_approval_count = serializers.IntegerField()
+    running_count = serializers.IntegerField()
+    completed_count = serializers.IntegerField(help_text="steps succeeded (as in v_wave_progress)")
+    failed_count = serializers.IntegerField()
+    skipped_count = serializers.IntegerField()
+    cancelled_count = serializers.IntegerField()
+    lost_count = serializers.IntegerField()
+    done = serializers.SerializerMethodField(help_text="steps succeeded or skipped")
+    percent = serializers.SerializerMethodField()
+    pass_rate = serializers.SerializerMethodField(
+        help_text="succeeded / (succeeded + failed); null before either"
+    )
+    agent_count = serializers.IntegerField()
+    execution_status = status_field(RunStatus)
+    task_list_title = serializers.CharField()
+
+    class Meta:
+        model = ParallelExecutionWave
+        fields = (
+            "id", "execution", "wave_number", "status", "started_at", "completed_at", "duration_seconds",
+            "max_parallelism", "task_count", *selectors.WAVE_COUNTERS.values(), "done", "percent", "pass_rate",
+            "agent_count", "execution_status", "task_list_title",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_duration_seconds(self, wave) -> float | None:
+        return _seconds(wave.started_at, wave.completed_at)
+
+    def get_done(self, wave) -> int:
+        return wave.completed_count + wave.skipped_count
+
+    def get_percent(self, wave) -> int:
+        return 100 * self.get_done(wave) // wave.task_count if wave.task_count else 0
+
+    def get_pass_rate(self, wave) -> float | None:
+        judged = wave.completed_count + wave.failed_count
+        return round(wave.completed_count / judged, 4) if judged else None
+
+
+class RunWaveFilter(django_filters.FilterSet):
+    status = choice(WaveStatus.choices)
+
+    class Meta:
+        model = ParallelExecutionWave
+        fields = ("status",)
+
+
+class RunWavesView(_RunRecords):
+    queryset = ParallelExecutionWave.objects.none()
+    serializer_class = RunWaveSerializer
+    filterset_class = RunWaveFilter
+
+    def records(self, run):
+        return selectors.wave_progress(run)
+
+    @extend_schema(
+        summary="A run's wave progress, by wave number (seed 000 §7.1)",
+        description="The rows of v_wave_progress counted from the run's own tasks (live), with "
+        "steps per status, percent done, pass rate and the wave's agent count (§7.5).",
+        parameters=[RUN_ID],
+        responses={200: RunWaveSerializer(many=True), **ERRORS},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class TimelineEntrySerializer(serializers.ModelSerializer):
+    wave_number = serializers.IntegerField()
+    title = serializers.CharField()
+    parent = serializers.CharField(
+        source="parent_key", allow_null=True, help_text="a for_each instance's step key"
+    )
+    status = status_field(TaskStatus)
+    queued_at = serializers.DateTimeField(allow_null=True, help_text="when it last entered the queue")
+    duration_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WaveTask
+        fields = (
+            "id", "key", "title", "wave_number", "parent", "status", "attempt", "queued_at", "started_at",
+            "completed_at", "duration_seconds",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_duration_seconds(self, wt) -> float | None:
+        return _seconds(wt.started_at, wt.completed_at)
+
+
+class RunTimelineView(_RunRecords):
+    queryset = WaveTask.objects.none()
+    serializer_class = TimelineEntrySerializer
+
+    def records(self, run):
+        return selectors.run_timeline(run)
+
+    @extend_schema(
+        summary="A run's timeline: each task's queue, start, end and duration, by start (seed 000 §7.5)",
+        description="For a Gantt chart of the run; tasks that never started come last. The "
+        "per-wave figures of §7.5 (task count, completed, pass rate, agents) are in `waves/`.",
+        parameters=[RUN_ID],
+        responses={200: TimelineEntrySerializer(many=True), **ERRORS},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
