@@ -54,3 +54,9 @@ def manage(child_env):
 @pytest.fixture(autouse=True)
 def _work_dir(settings, tmp_path):
     settings.TIDEWATCH = {**settings.TIDEWATCH, "WORK_DIR": tmp_path / "work"}
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """Test users' passwords need no slow hash (PBKDF2 costs ~0.3 s a user on this machine)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
