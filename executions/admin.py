@@ -257,7 +257,7 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
     ordering = ("-id",)
     inlines = [WaveInline]
     readonly_fields = ("records",)
-    actions = ["approve_waiting_steps", "reject_waiting_steps", "request_cancel"]
+    actions = ["approve_waiting_steps", "reject_waiting_steps", "request_cancel", "resume_runs"]
 
     def get_queryset(self, request):
         return (
@@ -342,6 +342,18 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
                 self.message_user(
                     request, f"Run {run.pk} had already ended ({run.status}).", messages.WARNING
                 )
+
+
+    @admin.action(description="Resume selected runs (re-run what did not succeed)", permissions=["decide"])
+    def resume_runs(self, request, queryset):
+        for run in queryset.order_by("id"):
+            try:
+                resumed = services.run_resume(run)
+                services.run_spawn(resumed)
+            except services.ServiceError as exc:
+                self.message_user(request, f"Run {run.pk}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"Run {run.pk}: resumed by run {resumed.pk}.", messages.SUCCESS)
 
 
 # --- waves, wave tasks, agents -------------------------------------------------------------------
@@ -549,6 +561,22 @@ class EventAdmin(RecordLinks, LargeTableAdmin):
 
 
 class TaskListAdmin(waves_admin.TaskListAdmin):
+    actions = ["start_runs"]
+
+    def has_start_permission(self, request):
+        return request.user.has_perm("executions.add_executionrun")
+
+    @admin.action(description="Start a run of selected task lists", permissions=["start"])
+    def start_runs(self, request, queryset):
+        for task_list in queryset.order_by("id"):
+            try:
+                run = services.run_start(task_list)
+                services.run_spawn(run)
+            except services.ServiceError as exc:
+                self.message_user(request, f"{task_list}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{task_list}: run {run.pk} started.", messages.SUCCESS)
+
     list_display = (
         *waves_admin.TaskListAdmin.list_display[:-2],
         "runs",

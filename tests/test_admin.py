@@ -392,3 +392,27 @@ def test_run_changelist_speedup_leaves_out_gate_wait_and_never_shows_zero(
     page = superuser_client.get(url(ExecutionRun, "changelist"))
     assert admin.site._registry[ExecutionRun].speedup(page.context["cl"].result_list[0]) == shown
     assert b"0.00x" not in page.content
+
+
+def test_start_and_resume_actions_go_through_the_services(superuser_client, monkeypatch):
+    from executions import services
+    from waves.models import TaskList
+
+    spawned = []
+    monkeypatch.setattr(services, "run_spawn", lambda run: spawned.append(run.pk) or 4242)
+    populate(1)
+    tl = TaskList.objects.first()
+    response = act(superuser_client, TaskList, "start_runs", [tl.pk])
+    started = ExecutionRun.objects.filter(task_list=tl, status="pending").order_by("-pk").first()
+    assert started is not None and spawned == [started.pk]
+    assert any(f"run {started.pk} started" in m for m in messages_of(response))
+
+    failed = ExecutionRun.objects.filter(task_list=tl).exclude(pk=started.pk).first()
+    ExecutionRun.objects.filter(pk=failed.pk).update(status="failed")
+    response = act(superuser_client, ExecutionRun, "resume_runs", [failed.pk])
+    resumed = ExecutionRun.objects.get(resumed_from=failed)
+    assert spawned == [started.pk, resumed.pk]
+    assert any(f"resumed by run {resumed.pk}" in m for m in messages_of(response))
+    again = act(superuser_client, ExecutionRun, "resume_runs", [failed.pk])  # refused, with the reason
+    assert any(f"run {failed.pk} was already resumed by run {resumed.pk}" in m for m in messages_of(again))
+    assert ExecutionRun.objects.filter(resumed_from=failed).count() == 1
