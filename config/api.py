@@ -1,6 +1,6 @@
 """What every app's REST endpoints share: ids, pagination, permissions, errors.
 
-Each app serves its own endpoints (`waves/api.py`, `executions/api.py`,
+Each app serves its own endpoints (`waves/api.py`, `executions/api/`,
 `observability/api.py`); config/api_urls.py gathers them under /api/v2/. A view is thin:
 validate, call one selector or service, serialize.
 
