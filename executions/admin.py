@@ -343,17 +343,22 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
                     request, f"Run {run.pk} had already ended ({run.status}).", messages.WARNING
                 )
 
-
     @admin.action(description="Resume selected runs (re-run what did not succeed)", permissions=["decide"])
     def resume_runs(self, request, queryset):
-        for run in queryset.order_by("id"):
-            try:
-                resumed = services.run_resume(run)
-                services.run_spawn(resumed)
-            except services.ServiceError as exc:
-                self.message_user(request, f"Run {run.pk}: {exc}", messages.ERROR)
-                continue
-            self.message_user(request, f"Run {run.pk}: resumed by run {resumed.pk}.", messages.SUCCESS)
+        start_each(self, request, queryset.order_by("id"), services.run_resume, lambda run: f"Run {run.pk}")
+
+
+def start_each(modeladmin, request, items, lay_out, name) -> None:
+    """For each item, lay out a run with the `lay_out` service, start its executor, and say
+    what happened (a refusal says why)."""
+    for item in items:
+        try:
+            run = lay_out(item)
+            services.run_spawn(run)
+        except services.ServiceError as exc:
+            modeladmin.message_user(request, f"{name(item)}: {exc}", messages.ERROR)
+            continue
+        modeladmin.message_user(request, f"{name(item)}: run {run.pk} started.", messages.SUCCESS)
 
 
 # --- waves, wave tasks, agents -------------------------------------------------------------------
@@ -568,14 +573,7 @@ class TaskListAdmin(waves_admin.TaskListAdmin):
 
     @admin.action(description="Start a run of selected task lists", permissions=["start"])
     def start_runs(self, request, queryset):
-        for task_list in queryset.order_by("id"):
-            try:
-                run = services.run_start(task_list)
-                services.run_spawn(run)
-            except services.ServiceError as exc:
-                self.message_user(request, f"{task_list}: {exc}", messages.ERROR)
-                continue
-            self.message_user(request, f"{task_list}: run {run.pk} started.", messages.SUCCESS)
+        start_each(self, request, queryset.order_by("id"), services.run_start, str)
 
     list_display = (
         *waves_admin.TaskListAdmin.list_display[:-2],

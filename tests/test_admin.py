@@ -412,7 +412,7 @@ def test_start_and_resume_actions_go_through_the_services(superuser_client, monk
     response = act(superuser_client, ExecutionRun, "resume_runs", [failed.pk])
     resumed = ExecutionRun.objects.get(resumed_from=failed)
     assert spawned == [started.pk, resumed.pk]
-    assert any(f"resumed by run {resumed.pk}" in m for m in messages_of(response))
+    assert any(f"Run {failed.pk}: run {resumed.pk} started" in m for m in messages_of(response))
     again = act(superuser_client, ExecutionRun, "resume_runs", [failed.pk])  # refused, with the reason
     assert any(f"run {failed.pk} was already resumed by run {resumed.pk}" in m for m in messages_of(again))
     assert ExecutionRun.objects.filter(resumed_from=failed).count() == 1
