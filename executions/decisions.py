@@ -82,7 +82,7 @@ Decision = Launch | Queue | Gate | Expand | Settle
 
 
 def joined(policy: str, outcomes: list[str]) -> bool:
-    """Whether a join policy (seed 001) lets what follows go ahead, given the outcomes."""
+    """Whether a join policy lets what follows go ahead, given the outcomes."""
     if policy == "any":
         return not outcomes or S.SUCCEEDED in outcomes
     if policy == "always":

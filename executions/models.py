@@ -78,7 +78,7 @@ class Backend(models.TextChoices):
 
 
 class ConcurrentExecutionSession(models.Model):
-    """Runs that overlap in time share a session (seed 000 §4)."""
+    """Runs that overlap in time share a session."""
 
     started_at = models.DateTimeField()
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -242,7 +242,7 @@ class BuildAgentInstance(models.Model):
 
 
 class TaskStatusAudit(models.Model):
-    """One row per status change of a task in a run (seed 004 §15). Replaying a task's rows
+    """One row per status change of a task in a run. Replaying a task's rows
     in id order reproduces its history."""
 
     wave_task = models.ForeignKey(WaveTask, on_delete=models.CASCADE, related_name="audit")

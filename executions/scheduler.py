@@ -4,7 +4,7 @@ The engine feeds it what happened (an attempt ended, a gate was approved, a canc
 answers with decisions (`Launch`, `Queue`, `Gate`, `Expand`, `Settle`) that the engine
 records and carries out, in the order given. It holds the ready set ordered by priority
 (longest remaining path first, or list order), the slot limits (the run's, a template's, a
-parallel block's, a for_each step's), the join policies and the control flow of seed 002
+parallel block's, a for_each step's), the join policies and the control flow
 (`when`, `for_each`, `repeat`, approval gates).
 
 A step moves pending -> (queued) -> running -> succeeded | failed, or to skipped,

@@ -429,7 +429,7 @@ def active_agents(runs: QuerySet[ExecutionRun]) -> QuerySet[BuildAgentInstance]:
 
 
 def run_audit(run: ExecutionRun) -> QuerySet[TaskStatusAudit]:
-    """The run's task status audit (seed 004 §15), with each row's step key."""
+    """The run's task status audit, with each row's step key."""
     return TaskStatusAudit.objects.filter(execution=run).annotate(key=F("wave_task__key"))
 
 

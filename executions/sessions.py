@@ -1,4 +1,4 @@
-"""Concurrent execution sessions (seed 000 §4): runs that overlap in time share one.
+"""Concurrent execution sessions: runs that overlap in time share one.
 
 A run joins the active session when another run of it is running, else opens a new one;
 the session closes with its last run. Joins and leaves are serialised across processes.

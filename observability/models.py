@@ -1,5 +1,5 @@
 """What runs leave behind: transcripts, tool uses, assertions, skill traces, and the
-per-wave statistics kept current by signal handlers (seed 000 §3)."""
+per-wave statistics kept current by signal handlers."""
 
 from django.db import models
 
@@ -9,7 +9,7 @@ from waves.models import Task
 
 
 class RecordBase(models.Model):
-    """Common links of every record: the run, its wave (seed 000 §3.3's wave_id FK), the task."""
+    """Common links of every record: the run, its wave, the task."""
 
     execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="+")
     wave = models.ForeignKey(

@@ -1,6 +1,6 @@
 """Writes of the observability app: captured output into records, and wave statistics.
 
-The statistics of a wave (seed 000 §3.2) are kept current by the signal handlers in
+The statistics of a wave are kept current by the signal handlers in
 `receivers.py`, each of which calls one function here. Every counter moves with an F()
 expression in a single UPDATE per wave (never a read-modify-write and never a recount),
 inside the transaction of the change it counts: several executors can write to one
@@ -37,7 +37,7 @@ from observability.models import AssertionResult, SkillTrace, ToolUse, Transcrip
 TRANSCRIPT_KINDS = frozenset({"stdout", "stderr", "system"})
 
 # The status a wave task is in -> the counter of wave_statistics it is counted in.
-# Cancelled and lost tasks are in task_count only (seed 000 §3.2 has no counter for them).
+# Cancelled and lost tasks are in task_count only.
 STATUS_COUNTERS = {
     TaskStatus.SUCCEEDED: "completed_count",
     TaskStatus.FAILED: "failed_count",

@@ -1,4 +1,4 @@
-"""Workflow files (YAML/JSON) and pipeline tables (seed 003) -> one normalised `Definition`.
+"""Workflow files (YAML/JSON) and pipeline tables -> one normalised `Definition`.
 
 Every problem raises `DefinitionError` with `file:line: step 'x': problem`, so a user can
 jump straight to it. `validate` runs the checks that need the whole graph (unknown and
@@ -627,7 +627,7 @@ TEMPLATE_FIELDS = ("n", "profile", "mode", "group", "minutes", "title")
 def parse_pipeline(
     text: str, *, source: str = "<string>", name: str = "pipeline", command_template: str | None = None
 ) -> Definition:
-    """`N | profile | - | mode | group | minutes | title` lines (seed 003).
+    """`N | profile | - | mode | group | minutes | title` lines.
 
     A serial step (group `-`) depends on the previous serial step and every group step since
     it (so on everything before it); a group step depends on the serial step before it, so

@@ -11,7 +11,7 @@ from django.db.models import Q
 
 
 class TaskTemplate(models.Model):
-    """The command family a task belongs to (seed 004 groups concurrency by it)."""
+    """The command family a task belongs to."""
 
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
@@ -67,7 +67,7 @@ class TaskList(models.Model):
 
 
 class JoinPolicy(models.TextChoices):
-    """How a step treats the outcome of its dependencies (seed 001)."""
+    """How a step treats the outcome of its dependencies."""
 
     ALL = "all", "all succeed"
     ANY = "any", "any succeeds"
@@ -78,7 +78,7 @@ class Task(models.Model):
     class Kind(models.TextChoices):
         TASK = "task", "Task"
         GATE = "gate", "Approval gate"
-        # A parallel block (seed 001): a container, not a node of the DAG. Its children
+        # A parallel block: a container, not a node of the DAG. Its children
         # point at it through `parent`; dependents of the block depend on its children.
         GROUP = "group", "Parallel block"
 
@@ -95,7 +95,7 @@ class Task(models.Model):
     env = models.JSONField(default=dict, blank=True)
     timeout_s = models.PositiveIntegerField(null=True, blank=True)
     retries = models.PositiveIntegerField(default=0)
-    # Pipeline group or parallel-block id, and the branch name inside a block (seed 001).
+    # Pipeline group or parallel-block id, and the branch name inside a block.
     parallel_group = models.CharField(max_length=200, blank=True, db_index=True)
     branch_name = models.CharField(max_length=200, blank=True)
     parent = models.ForeignKey(
@@ -105,7 +105,7 @@ class Task(models.Model):
     # For a parallel block or a for_each step: at most this many of its instances at once.
     max_parallelism = models.PositiveIntegerField(null=True, blank=True)
     estimated_minutes = models.FloatField(null=True, blank=True)
-    # Control flow (seed 002): a CEL condition, a fan-out list (literal or a reference),
+    # Control flow: a CEL condition, a fan-out list (literal or a reference),
     # a repeat spec {until, max_iterations, delay}, and an approval gate.
     condition = models.TextField(blank=True)
     for_each = models.JSONField(null=True, blank=True)

@@ -1,4 +1,4 @@
-"""The seed's dashboard views (seed 000 §5.3 and §6.1), in each database's own SQL.
+"""The dashboard views v_wave_progress and v_active_agents, in each database's own SQL.
 
 v_wave_progress merges the two versions the seed gives: the COALESCEd counters of §6.1
 and the task list title / execution status of §5.3. On PostgreSQL a two-argument
