@@ -1,8 +1,8 @@
 """The dashboard views v_wave_progress and v_active_agents, in each database's own SQL.
 
-v_wave_progress merges the two versions the seed gives: the COALESCEd counters of §6.1
-and the task list title / execution status of §5.3. On PostgreSQL a two-argument
-GROUP_CONCAT aggregate is created too, so that query pattern §7.6 runs as written.
+v_wave_progress has a wave's counters (COALESCEd, so a wave with no statistics row reads
+zeros) and its task list title and run status. On PostgreSQL a two-argument GROUP_CONCAT
+aggregate is created too, so a GROUP_CONCAT(x, sep) query written for SQLite runs as written.
 """
 
 from django.db import migrations
