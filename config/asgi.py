@@ -1,4 +1,11 @@
-"""ASGI entry point: `daphne config.asgi:application` serves HTTP and websockets."""
+"""ASGI entry point: `daphne config.asgi:application` serves HTTP and websockets.
+
+Websockets pass, outermost first: `OriginGuard` (a foreign Origin is closed with 4403; no
+Origin only with a token), the session cookie (AuthMiddlewareStack), `Authorization: Token`
+(TokenAuthMiddleware), then the routes of config/routing.py. The live relay that feeds the
+consumers starts with the first live socket of the process and stops with the last
+(observability/relay.py): daphne sends no ASGI lifespan events to hang it on.
+"""
 
 import os
 
@@ -9,13 +16,13 @@ django_asgi_app = get_asgi_application()  # sets Django up before the routing im
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from config.routing import websocket_urlpatterns  # noqa: E402
+from config.ws_auth import OriginGuard, TokenAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": OriginGuard(AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -79,6 +79,14 @@ def batch():
     pending.write()
 
 
+def batch_latest() -> datetime | None:
+    """The latest time among the events the current batch has gathered (None outside a batch,
+    or before any): an event that follows them (observability's stats.update) takes it, so the
+    batch, written in time order, keeps it after the changes it reports."""
+    pending = _pending()
+    return max((e.created_at for e in pending.events), default=None) if pending is not None else None
+
+
 def audits_write(rows: list[TaskStatusAudit]) -> None:
     if (pending := _pending()) is not None:
         pending.audits.extend(rows)

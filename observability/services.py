@@ -7,10 +7,17 @@ inside the transaction of the change it counts: several executors can write to o
 database at once, and a rolled-back change leaves no trace in the counters.
 `statistics_recompute()` rebuilds the same rows from the raw tables; the tests check
 that both agree.
+
+`statistics_announce()` writes the `stats.update` event of a run (every wave's statistics, as
+they stand in the transaction) into the event log, in the same transaction, for the live
+websockets. It is coalesced: at most one per run every `STATS_EVERY_SECONDS` (0.25 s) in one
+process; a change inside that window is announced with the run's next change after it, and a
+wave's start and end are always announced (so a finished wave's figures are always final).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -23,6 +30,7 @@ from django.utils import timezone
 
 from executions.capture import Captured, StatusChange
 from executions.models import ParallelExecutionWave, TaskStatus, WaveTask
+from executions.records import batch_latest, events_write, iso
 from observability.events import (
     AssertionEvent,
     InvalidEvent,
@@ -184,7 +192,7 @@ def _text(value: str) -> str:
 # --- statistics kept by the signal handlers ----------------------------------------------------
 
 
-def statistics_count_status_changes(changes: Iterable[StatusChange]) -> None:
+def statistics_count_status_changes(changes: Iterable[StatusChange]) -> set[int]:
     """Move the task counters of the waves a batch of status changes touched.
 
     A task created (previous status None) counts in task_count; entering succeeded,
@@ -200,9 +208,11 @@ def statistics_count_status_changes(changes: Iterable[StatusChange]) -> None:
             counts[STATUS_COUNTERS[change.previous_status]] -= 1
         if change.new_status in STATUS_COUNTERS:
             counts[STATUS_COUNTERS[change.new_status]] += 1
+    moved = set()
     for (wave_id, run_id), counts in deltas.items():
         if not any(counts.values()):
             continue
+        moved.add(run_id)
         new = {name: _moved(name, counts[name]) for name in TASK_COUNTERS if counts[name]}
         fields = dict(new)
         if counts["completed_count"] or counts["failed_count"]:
@@ -210,6 +220,7 @@ def statistics_count_status_changes(changes: Iterable[StatusChange]) -> None:
                 new.get("completed_count", F("completed_count")), new.get("failed_count", F("failed_count"))
             )
         _statistics_update(wave_id, run_id, **fields)
+    return moved
 
 
 def statistics_wave_timing(wave: ParallelExecutionWave) -> None:
@@ -262,6 +273,41 @@ def _statistics_update(wave_id: int, execution_id: int, **fields) -> None:
         [WaveStatistics(wave_id=wave_id, execution_id=execution_id)], ignore_conflicts=True
     )
     rows.update(**fields)
+
+
+# --- stats.update: the statistics, announced live ----------------------------------------------
+
+STATS_EVERY_SECONDS = 0.25
+_announced: dict[int, float] = {}  # run id -> time.monotonic() of its last stats.update here
+
+
+def statistics_announce(execution_ids: Iterable[int], *, force: bool = False) -> list[int]:
+    """Write a `stats.update` event for each of these runs, in the current transaction, unless
+    one was written less than STATS_EVERY_SECONDS ago by this process (`force`: write anyway).
+    Returns the runs announced."""
+    now = time.monotonic()
+    due = sorted(
+        run_id
+        for run_id in set(execution_ids)
+        if run_id and (force or now - _announced.get(run_id, -STATS_EVERY_SECONDS) >= STATS_EVERY_SECONDS)
+    )
+    if not due:
+        return []
+    if len(_announced) > 10_000:  # a long-lived process: forget runs not announced lately
+        for run_id, at in list(_announced.items()):
+            if now - at > 60:
+                del _announced[run_id]
+    rows = defaultdict(list)
+    fields = ("wave_id", "wave__wave_number", *STATISTICS_FIELDS, "updated_at")
+    for row in WaveStatistics.objects.filter(execution_id__in=due).order_by("wave_id").values("execution_id", *fields):
+        run_id = row.pop("execution_id")
+        row["wave_number"] = row.pop("wave__wave_number")
+        rows[run_id].append({name: iso(v) if isinstance(v, datetime) else v for name, v in row.items()})
+    at = batch_latest() or timezone.now()
+    events_write([(run_id, "stats.update", {"execution_id": run_id, "waves": rows[run_id]}) for run_id in due], at)
+    for run_id in due:
+        _announced[run_id] = now
+    return due
 
 
 # --- rebuilding from raw rows ------------------------------------------------------------------
