@@ -9,6 +9,7 @@ urlpatterns = [
     path("", include("waves.api_urls")),
     path("", include("observability.api_urls")),
     path("", include("executions.api_urls")),
+    path("", include("concurrency.api_urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
 ]
