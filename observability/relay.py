@@ -25,7 +25,8 @@ statement's own snapshot (`pg_current_snapshot()`): once a gap is `GAP_SETTLE_SE
 enough for the transaction that drew the id to have its transaction id), the transactions in
 flight at that moment are noted, and when none of them is in flight any more and the id is still
 not visible, it never will be (a rollback, or a sequence value never used), and the stream moves
-on. A gap still open after `GAP_GRACE_SECONDS` (5 s: a transaction that writes events and runs
+on (only this database's transactions are waited for, read from pg_stat_activity, unless the
+role may not see other roles' sessions there). A gap still open after `GAP_GRACE_SECONDS` (5 s: a transaction that writes events and runs
 longer than that is rare; the executor's last milliseconds) is given up so that one long
 transaction cannot stall every client; if its events commit later (within `LATE_SECONDS`) they are
 still published, marked late and out of order. That is the one case where order is not kept.
@@ -200,6 +201,7 @@ class Tail:
         return released, late, self.watermark
 
     def _settle(self, snapshot: Snapshot, now: float) -> None:
+        ours = None
         for id_, gap in list(self.gaps.items()):
             age = now - gap.first_seen
             if age >= self.grace:
@@ -208,9 +210,28 @@ class Tail:
                 self.late[id_] = now + self.late_for
             elif age >= self.settle:
                 if gap.waiting is None:
-                    gap.waiting = snapshot.xip
+                    if ours is None:
+                        ours = self._in_flight_here(snapshot)
+                    gap.waiting = ours
                 if not gap.waiting & snapshot.xip:
                     del self.gaps[id_]  # every writer that could hold it has ended: it is empty
+
+    def _in_flight_here(self, snapshot: Snapshot) -> frozenset[int]:
+        """The transactions of `snapshot` in flight that write to this database. The snapshot is
+        the whole server's: another database's long transaction (another project's, or a test
+        run's) must not hold this stream up. When pg_stat_activity hides other roles' sessions
+        (no pg_read_all_stats), every transaction in flight counts."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT backend_xid::text, query = '<insufficient privilege>' FROM pg_stat_activity"
+                " WHERE datname = current_database() AND (backend_xid IS NOT NULL"
+                " OR query = '<insufficient privilege>')"
+            )
+            rows = cursor.fetchall()
+        if any(hidden for _, hidden in rows):
+            return snapshot.xip
+        here = {int(xid) for xid, _ in rows if xid is not None}
+        return frozenset(x for x in snapshot.xip if x % 2**32 in here)
 
     def _read(self) -> tuple[list[dict], Snapshot | None]:
         pending = sorted([*self.gaps, *self.late])
