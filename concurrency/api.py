@@ -29,44 +29,41 @@ FORMATS = ("json", "csv")
 MAX_TEMPLATES = 100
 
 
-def _choice(choices, default: str) -> serializers.CharField:
-    # A string checked against its values, not a ChoiceField: drf-spectacular would make an
-    # enum component of each and warn about the names shared with other endpoints' enums.
-    field = serializers.CharField(required=False, default=default)
-    field.allowed = tuple(choices)
-    return field
+class OneOf(serializers.CharField):
+    """A string from a list. Not a ChoiceField: drf-spectacular would make an enum component
+    of each and warn about the names it shares with other endpoints' enums."""
+
+    def __init__(self, choices, **kwargs):
+        self.allowed = tuple(choices)
+        super().__init__(required=False, **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value not in self.allowed:
+            raise ValidationError(f"must be one of {', '.join(self.allowed)}, not {value[:40]!r}")
+        return value
 
 
 class ConcurrencyQuery(serializers.Serializer):
     """The query string, checked: every problem is a 400 naming its parameter."""
 
-    time_range = _choice(TIME_RANGES, "")
-    granularity = _choice(GRANULARITIES, "minute")
+    time_range = OneOf(TIME_RANGES, default=None)
+    granularity = OneOf(GRANULARITIES, default="minute")
     start = serializers.DateTimeField(required=False, default=None)
     end = serializers.DateTimeField(required=False, default=None)
     template = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, default=list, max_length=MAX_TEMPLATES
     )
     execution = serializers.CharField(required=False, default=None)
-    agg = _choice(AGGREGATES, "sample")
-    status = _choice(STATUSES, "running")
-    format = _choice(FORMATS, "json")
+    agg = OneOf(AGGREGATES, default="sample")
+    status = OneOf(STATUSES, default="running")
+    format = OneOf(FORMATS, default="json")
 
-    def to_internal_value(self, data):
-        values = super().to_internal_value(data)
-        errors = {}
-        for name, field in self.fields.items():
-            allowed = getattr(field, "allowed", None)
-            if allowed and values.get(name) and values[name] not in allowed:
-                errors[name] = [f"must be one of {', '.join(allowed)}, not {values[name][:40]!r}"]
-        if values.get("execution") is not None:
-            try:
-                values["execution"] = id_from(values["execution"], "execution")
-            except ValidationError as exc:
-                errors.update(exc.detail)
-        if errors:
-            raise ValidationError(errors)
-        return values
+    def validate_execution(self, value):
+        try:
+            return None if value is None else id_from(value, "execution")
+        except ValidationError as exc:
+            raise ValidationError(exc.detail["execution"])
 
     def validate(self, attrs):
         start, end, time_range = attrs["start"], attrs["end"], attrs["time_range"]

@@ -69,7 +69,9 @@ def histories(draw, now: datetime, span: int, runs: int = 2) -> list[Story]:
         run = draw(st.integers(0, runs - 1))
         if any(s.key == key and s.run == run for s in stories):
             key = f"t{i}x"
-        stories.append(Story(draw(st.sampled_from(TEMPLATES)), steps, key=key, run=run))
+        # A task has one template, whichever run it is in.
+        template = next((s.template for s in stories if s.key == key), None) or draw(st.sampled_from(TEMPLATES))
+        stories.append(Story(template, steps, key=key, run=run))
     return stories
 
 
