@@ -23,7 +23,7 @@ def layers(**config):
             "default": {
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
                 "CONFIG": {
-                    "hosts": [django_settings.REDIS_URL],
+                    "hosts": [{"address": django_settings.REDIS_URL, "socket_timeout": None}],
                     "prefix": f"twtest{uuid.uuid4().hex[:8]}",
                     **config,
                 },

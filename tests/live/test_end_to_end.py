@@ -211,3 +211,15 @@ def test_a_daphne_restart_mid_run_then_after_loses_nothing(daphnes, child_env, w
     before, after = asyncio.run(scenario())
     assert all(m.get("type") != "snapshot" for m in after)  # with ?after=, the log instead
     check_against_the_log(run, before[1:] + after, before[0]["after"])
+
+
+def test_the_redis_layer_waits_on_idle_sockets_without_a_read_timeout():
+    """redis-py 8 reads with a 5 s timeout by default; channels-redis blocks up to 5 s waiting
+    for a consumer's next message, so every idle socket died after 5 s (settings.py says)."""
+    code = "from django.conf import settings; print(settings.CHANNEL_LAYERS['default']['CONFIG']['hosts'])"
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/0", "DJANGO_SETTINGS_MODULE": "config.settings"}
+    out = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "'socket_timeout': None" in out
