@@ -104,7 +104,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": "resync", "after": self.covered})
             await self.catch_up(message["prev"])
         for event in await self.mine([e for e in message["events"] if e["id"] > self.covered]):
-            await self.send_json(event)
+            await self.send(text_data=event["text"])
         self.covered = max(self.covered, message["last"])
 
     async def live_tick(self, message):
@@ -115,7 +115,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def live_late(self, message):
         # Events whose transaction committed after the relay had given up waiting (see relay).
         for event in await self.mine(message["events"]):
-            await self.send_json(event)
+            await self.send(text_data=event["text"])
 
     async def catch_up(self, upto: int) -> None:
         """Send this socket's events in (covered, upto] from the log, page by page."""

@@ -32,7 +32,8 @@ transaction cannot stall every client; if its events commit later (within `LATE_
 still published, marked late and out of order. That is the one case where order is not kept.
 
 **What a consumer gets.** Each poll's released events go, one message per group, as
-`{"type": "live.events", "events": [...], "prev": P, "last": L}`: `prev` is the id of the last event
+`{"type": "live.events", "events": [{"id", "execution_id", "text"}, ...], "prev": P, "last": L}`
+(each event's JSON is encoded once, on the relay's thread): `prev` is the id of the last event
 published to that group before these. A consumer that has covered everything up to `prev` sends
 them on; one that finds `prev` beyond what it covered knows messages were lost (the channel layer
 drops silently when a consumer's channel is full: a slow client) and catches up from the log. A
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import connection
 
 from executions.models import Event
 from executions.records import iso
@@ -96,6 +97,12 @@ def event_message(id_, execution_id, type_, payload, created_at) -> dict:
         "payload": payload,
         "created_at": created_at,
     }
+
+
+def encoded(events: list[dict]) -> list[dict]:
+    """What goes through the channel layer: the id and run (to route and to check the order)
+    and the JSON text the sockets send as it is."""
+    return [{"id": e["id"], "execution_id": e["execution_id"], "text": json.dumps(e)} for e in events]
 
 
 # --- tailing, in commit order --------------------------------------------------------------------
@@ -365,8 +372,8 @@ class Relay:
         next_tick = time.monotonic() + live_setting("TICK_SECONDS")
         while True:
             try:
-                released, late, watermark = await self._call(self._tail.poll)
-            except DatabaseError:
+                released, late, watermark = await self._call(self._poll)
+            except Exception:  # noqa: BLE001  (the database went away: reconnect and go on)
                 log.exception("live relay: reading the event log failed; retrying")
                 await self._call(close_connection)
                 await asyncio.sleep(retry)
@@ -383,6 +390,11 @@ class Relay:
                 log.exception("live relay: publishing failed")
             if len(released) < self._tail.batch:
                 await asyncio.sleep(poll_seconds)
+
+    def _poll(self):
+        """On the relay's thread: read, and encode each event once (not once per socket)."""
+        released, late, watermark = self._tail.poll()
+        return encoded(released), encoded(late), watermark
 
     async def _publish(self, released: list[dict], late: list[dict]) -> None:
         """One message per subscribed group; computed before any await, so a consumer that

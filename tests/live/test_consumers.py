@@ -305,3 +305,32 @@ def test_stats_updates_are_coalesced_and_reach_the_socket(red_run, token):
         await socket.disconnect()
 
     run(scenario)
+
+
+def test_the_relay_survives_a_failed_read(red_run, token, settings, monkeypatch):
+    from django.db import OperationalError
+
+    from observability.relay import Tail
+
+    settings.TIDEWATCH_LIVE = {"POLL_SECONDS": 0.01, "RETRY_SECONDS": 0.05}
+    original, calls = Tail.poll, []
+
+    def flaky(self, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OperationalError("the server closed the connection")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Tail, "poll", flaky)
+
+    async def scenario():
+        socket = await open_socket(f"/ws/executions/{red_run.pk}/", token=token)
+        await receive(socket)
+        while len(calls) < 4:
+            await asyncio.sleep(0.01)
+        written = await write_events(red_run.pk, 3)
+        got = await receive_until(socket, lambda m: len(m) == 3)
+        assert [m["id"] for m in got] == written
+        await socket.disconnect()
+
+    run(scenario)
