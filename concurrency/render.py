@@ -43,37 +43,43 @@ def timestamps(grid: Grid) -> list[str]:
     return out
 
 
-def _points(prefixes: list[str], timeline: Timeline, suffix) -> str:
-    """prefix(instant) + suffix(template, count) for every count above zero, by instant and
-    then in series order."""
+def _body(prefixes: list[bytes], timeline: Timeline, suffix, head: bytes, tail: bytes, trim: bool) -> bytes:
+    """head, then prefix(instant) + suffix(template, count) for every count above zero, by
+    instant and then in series order, then tail. With `trim`, the last suffix loses its last
+    byte (a separator: JSON has no trailing comma)."""
     columns = []
     for name, values in timeline.series:
         top = max(values, default=0)
         if top <= 0:
             continue
-        table = [""] + [suffix(name, c) for c in range(1, top + 1)]
+        table = [b""] + [suffix(name, c).encode() for c in range(1, top + 1)]
         if min(values) < 0:  # only an inconsistent audit: shown as zero, i.e. left out
             values = [v if v > 0 else 0 for v in values]
         columns.append(map(table.__getitem__, values))
     if not columns:
-        return ""
+        return head + tail
     rows = zip(prefixes, zip(*columns, strict=True), strict=True)
-    return "".join(prefix.join(("", *filter(None, column))) for prefix, column in rows)
+    parts = [head, *(prefix.join((b"", *filter(None, column))) for prefix, column in rows), tail]
+    if trim:
+        last = next(i for i in range(len(parts) - 2, -1, -1) if parts[i])
+        parts[last] = parts[last][:-1]
+    return b"".join(parts)
 
 
 def as_json(timeline: Timeline) -> bytes:
-    prefixes = ['{"timestamp":"' + ts + '","task_template_name":' for ts in timestamps(timeline.grid)]
-    body = _points(prefixes, timeline, lambda name, c: f'{json.dumps(name)},"concurrent_count":{c}}},')
-    return ('{"data":[' + body[:-1] + "]}").encode()
+    prefixes = [b'{"timestamp":"%s","task_template_name":' % ts.encode() for ts in timestamps(timeline.grid)]
+    suffix = lambda name, c: f'{json.dumps(name)},"concurrent_count":{c}}},'  # noqa: E731
+    return _body(prefixes, timeline, suffix, b'{"data":[', b"]}", trim=True)
 
 
 def _csv_field(text: str) -> str:
+    """`text` as the csv module quotes a field (a newline in it too)."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow([text])
-    return out.getvalue()
+    csv.writer(out).writerow([text])
+    return out.getvalue().removesuffix("\r\n")
 
 
 def as_csv(timeline: Timeline) -> bytes:
-    prefixes = timestamps(timeline.grid)
-    body = _points(prefixes, timeline, lambda name, c: f",{_csv_field(name)},{c}\r\n")
-    return (CSV_HEADER + body).encode()
+    prefixes = [ts.encode() for ts in timestamps(timeline.grid)]
+    suffix = lambda name, c: f",{_csv_field(name)},{c}\r\n"  # noqa: E731
+    return _body(prefixes, timeline, suffix, CSV_HEADER.encode(), b"", trim=False)

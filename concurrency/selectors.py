@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import accumulate, groupby
+from itertools import accumulate
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
@@ -130,21 +130,22 @@ class Timeline:
 
 @dataclass
 class _Steps:
-    """What the audit says about one template: when its rows entered and left the status
-    (bucket indexes for agg=sample, microseconds for agg=max), the wave tasks in it now and
-    the time of its latest row."""
+    """What the audit says about one template from the window's start on. For agg=sample,
+    `entered` and `left` hold the bucket index of each row that entered or left the status
+    (Grid.bucket); for agg=max, `moves` holds each such row as `2 * microseconds + 1` (entered)
+    or `2 * microseconds` (left), so that sorting puts leaving before entering at one moment.
+    `current`: the wave tasks in the status now."""
 
     entered: list[int] = field(default_factory=list)
     left: list[int] = field(default_factory=list)
+    moves: list[int] = field(default_factory=list)
     current: int = 0
-    latest_us: int | None = None
 
     def merge(self, other: _Steps) -> None:
         self.entered += other.entered
         self.left += other.left
+        self.moves += other.moves
         self.current += other.current
-        if other.latest_us is not None:
-            self.latest_us = max(self.latest_us or other.latest_us, other.latest_us)
 
 
 def task_concurrency(
@@ -172,7 +173,7 @@ def task_concurrency(
         return Timeline(grid)
     sweep = _sample if agg == "sample" else _peak
     values = {tpl: sweep(grid, s, now_us) for tpl, s in steps.items()}
-    values = {tpl: v for tpl, v in values.items() if any(c > 0 for c in v)}
+    values = {tpl: v for tpl, v in values.items() if v and max(v) > 0}
     names = dict(TaskTemplate.objects.filter(pk__in=values).values_list("pk", "name"))
     kept = sorted(values, key=lambda tpl: (-sum(values[tpl]), names[tpl]))
     folded = kept[MAX_SERIES:] if len(kept) > MAX_SERIES else []
@@ -188,11 +189,6 @@ def task_concurrency(
 # --- the sweep -------------------------------------------------------------------------------
 
 
-def _end_us(steps: _Steps, now_us: int) -> int:
-    """When the periods still open end: now, or the latest row if a clock wrote one later."""
-    return max(now_us, steps.latest_us) if steps.latest_us is not None else now_us
-
-
 def _sample(grid: Grid, steps: _Steps, now_us: int) -> list[int]:
     """count(t) at each instant: +1/-1 per bucket index, then one running sum."""
     n = grid.count
@@ -202,41 +198,48 @@ def _sample(grid: Grid, steps: _Steps, now_us: int) -> list[int]:
     for k, times in Counter(steps.left).items():
         delta[k] -= times
     if steps.current:
-        delta[grid.bucket(_end_us(steps, now_us))] -= steps.current
+        # The periods still open end now (or at the latest row, if a clock wrote one later).
+        end = max(grid.bucket(now_us), max(steps.entered, default=0), max(steps.left, default=0))
+        delta[end] -= steps.current
     # Every period ends by now: before the window's first step the count is minus their sum.
     return list(accumulate(delta[:n], initial=-sum(delta)))[1:]
 
 
 def _peak(grid: Grid, steps: _Steps, now_us: int) -> list[int]:
-    """The highest count(t) for t in [instant, instant + step): the count at the instant, and
-    after each moment something changes strictly inside the bucket (steps at one moment are
-    taken together)."""
+    """The highest count(t) for t in [instant, instant + step): the count at the instant, or
+    after a move strictly inside the bucket. Moves at one moment are taken leaving first, so
+    the count on the way (lower than before that moment, which is inside the bucket too) is
+    never above a count the bucket really had."""
     first, step, n = grid.first_us, grid.step_us, grid.count
-    moves = [(at, 1) for at in steps.entered] + [(at, -1) for at in steps.left]
+    moves = steps.moves
     if steps.current:
-        moves.append((_end_us(steps, now_us), -steps.current))
-    moves.sort()
-    delta = [0] * (n + 1)
-    for at, d in moves:
-        delta[grid.bucket(at)] += d
-    values = list(accumulate(delta[:n], initial=-sum(delta)))[1:]
-    peaks = values[:]
-    bucket, running = -1, 0
-    for at, group in groupby(moves, key=lambda m: m[0]):
-        offset = at - first
-        if offset <= 0:
-            continue
-        k, inside = divmod(offset, step)
-        if k >= n:
+        # The periods still open end now (or at the latest row, if a clock wrote one later).
+        moves = moves + [2 * max(now_us, max(moves, default=0) >> 1)] * steps.current
+    moves.sort()  # runs already in order: linear
+    end = first + n * step  # the end of the last bucket
+    at_instant = [0] * n  # the count at each instant, less the count before the first move
+    inside: list[int | None] = [None] * n  # the highest count after a move inside each bucket (same base)
+    running, k, t = 0, 0, first  # t: the instant k, the next to record
+    for move in moves:
+        at = move >> 1
+        if at >= end:
             break
-        if not inside:
-            continue  # at an instant: already in values[k]
-        if k != bucket:
-            bucket, running = k, values[k]
-        running += sum(d for _, d in group)
-        if running > peaks[k]:
-            peaks[k] = running
-    return peaks
+        while t < at:
+            at_instant[k] = running
+            k, t = k + 1, t + step
+        running += 1 if move & 1 else -1
+        if at < t and k:  # strictly inside bucket k - 1
+            high = inside[k - 1]
+            if high is None or running > high:
+                inside[k - 1] = running
+    while k < n:
+        at_instant[k] = running
+        k += 1
+    entered = sum(map((1).__and__, moves))
+    base = len(moves) - 2 * entered  # every period has ended by now: the count before the moves
+    return [
+        base + (v if high is None or high < v else high) for v, high in zip(at_instant, inside, strict=True)
+    ]
 
 
 # --- reading the audit -----------------------------------------------------------------------
@@ -267,14 +270,16 @@ def _read(task_lists, grid: Grid, status: str, agg: str, templates: list[str], e
     in_run, run_params = (" AND a.execution_id = %s", [execution]) if execution else ("", [])
     wt_run = " AND wt.execution_id = %s" if execution else ""
     postgres = connection.vendor == "postgresql"
+    # Microseconds since the epoch, exactly: a double holds them to 0.25 us, round() the rest.
+    at = "round(date_part('epoch', a.changed_at) * 1000000)::bigint" if postgres else "a.changed_at"
     # Rows that enter the status (+1) and rows that leave it (-1), from the window's start on.
     # Each arm is a range scan of an index on (status, changed_at, task_id): the seed's
     # composite for new_status, concurrency migration 0001 for previous_status.
     rows = f"""
-        SELECT a.task_id, a.changed_at, 1 AS kind FROM task_status_audit a
+        SELECT a.task_id, {at} AS at, 1 AS kind FROM task_status_audit a
         WHERE a.new_status = %s AND a.changed_at >= %s{in_run}
         UNION ALL
-        SELECT a.task_id, a.changed_at, -1 AS kind FROM task_status_audit a
+        SELECT a.task_id, {at} AS at, -1 AS kind FROM task_status_audit a
         WHERE a.previous_status = %s AND a.changed_at >= %s{in_run}
     """
     rows_params = [status, since, *run_params, status, since, *run_params]
@@ -287,17 +292,17 @@ def _read(task_lists, grid: Grid, status: str, agg: str, templates: list[str], e
     """
     now_params = [status, *run_params, *template_params, *tasks_params, *runs_params]
     if postgres:
-        at_us = "round(date_part('epoch', e.changed_at) * 1000000)::bigint"
         if agg == "sample":
             # The bucket index, as Grid.bucket computes it, in exact integer arithmetic.
             value = (
-                f"GREATEST(0, LEAST({grid.count}, ({at_us} - {grid.first_us} + {grid.step_us - 1}) "
+                f"GREATEST(0, LEAST({grid.count}, (e.at - {grid.first_us} + {grid.step_us - 1}) "
                 f"/ {grid.step_us}))::bigint"
             )
         else:
-            value = at_us
+            move = "e.at * 2 + (e.kind + 1) / 2"  # see _Steps.moves
+            value = f"{move} ORDER BY {move}"
         sql = f"""
-            SELECT t.task_template_id, e.kind, array_agg({value}), max({at_us})
+            SELECT t.task_template_id, e.kind, array_agg({value}), NULL
             FROM ({rows}) e JOIN tasks t ON t.id = e.task_id
             WHERE 1 = 1{by_template}{tasks_scope}
             GROUP BY t.task_template_id, e.kind
@@ -306,7 +311,7 @@ def _read(task_lists, grid: Grid, status: str, agg: str, templates: list[str], e
         """
     else:
         sql = f"""
-            SELECT t.task_template_id, e.kind, e.changed_at, NULL
+            SELECT t.task_template_id, e.kind, e.at, NULL
             FROM ({rows}) e JOIN tasks t ON t.id = e.task_id
             WHERE 1 = 1{by_template}{tasks_scope}
             UNION ALL
@@ -320,20 +325,18 @@ def _read(task_lists, grid: Grid, status: str, agg: str, templates: list[str], e
             cursor.execute("SET LOCAL jit = off")
         cursor.execute(sql, params)
         fetched = cursor.fetchall()
-    for tpl, kind, value, latest in fetched:
+    for tpl, kind, value, current in fetched:
         s = steps[tpl]
         if kind == 0:  # the wave tasks in the status now
-            s.current += latest
+            s.current += current
             continue
-        if postgres:
-            values = value
-        else:
+        if not postgres:
             at = _sqlite_us(value)
-            latest = at
-            values = [grid.bucket(at) if agg == "sample" else at]
-        (s.entered if kind == 1 else s.left).extend(values)
-        if latest is not None:
-            s.latest_us = latest if s.latest_us is None else max(s.latest_us, latest)
+            value = [grid.bucket(at) if agg == "sample" else 2 * at + (kind == 1)]
+        if agg == "max":
+            s.moves += value
+        else:
+            (s.entered if kind == 1 else s.left).extend(value)
     return steps
 
 

@@ -50,12 +50,15 @@ def database_now() -> datetime:
 @st.composite
 def histories(draw, now: datetime, span: int, runs: int = 2) -> list[Story]:
     """Up to 8 tasks, each a random walk through the allowed moves at increasing times in
-    the `span` seconds before now (whole seconds, now and then a microsecond off, so that
-    steps fall on, just before and just after the instants). With runs > 1 a task may run
-    in several runs."""
+    the `span` seconds before now (whole seconds, or multiples of 15 so that tasks often move
+    at one moment; now and then a microsecond off, so that steps fall on, just before and
+    just after the instants). With runs > 1 a task may run in several runs."""
     stories = []
+    tick = draw(st.sampled_from([1, 15]))  # 15: many tasks move at one moment
     for i in range(draw(st.integers(1, 8))):
-        offsets = sorted(set(draw(st.lists(st.integers(0, span), min_size=1, max_size=7))), reverse=True)
+        offsets = sorted(
+            {tick * x for x in draw(st.lists(st.integers(0, span // tick), min_size=1, max_size=7))}, reverse=True
+        )
         status, steps = S.PENDING.value, []
         for j, offset in enumerate(offsets):
             if j:
