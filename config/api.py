@@ -55,6 +55,15 @@ def bounded_int(params, name: str, default: int | None, minimum: int, maximum: i
     raise ValidationError({name: [f"must be a whole number from {minimum} to {maximum}"]})
 
 
+def _bounds(parameters: list[dict], **bounds: tuple[int, int]) -> list[dict]:
+    """The pagination parameters of the schema, with the bounds the view enforces."""
+    for parameter in parameters:
+        if parameter["name"] in bounds:
+            low, high = bounds[parameter["name"]]
+            parameter["schema"] = {**parameter["schema"], "minimum": low, "maximum": high}
+    return parameters
+
+
 class Pagination(pagination.LimitOffsetPagination):
     default_limit = 50
     max_limit = 1000
@@ -64,6 +73,9 @@ class Pagination(pagination.LimitOffsetPagination):
 
     def get_offset(self, request):
         return bounded_int(request.query_params, self.offset_query_param, 0, 0, MAX_ID)
+
+    def get_schema_operation_parameters(self, view):
+        return _bounds(super().get_schema_operation_parameters(view), limit=(1, self.max_limit), offset=(0, MAX_ID))
 
 
 class _StrictBoolean(forms.NullBooleanField):
@@ -95,6 +107,9 @@ class _Cursor(pagination.CursorPagination):
 
     def get_page_size(self, request):
         return bounded_int(request.query_params, "limit", self.page_size, 1, self.max_page_size)
+
+    def get_schema_operation_parameters(self, view):
+        return _bounds(super().get_schema_operation_parameters(view), limit=(1, self.max_page_size))
 
     def decode_cursor(self, request):
         """A cursor this endpoint did not hand out is 400 naming `cursor` (DRF says 404); its

@@ -60,3 +60,26 @@ def _work_dir(settings, tmp_path):
 def _fast_passwords(settings):
     """Test users' passwords need no slow hash (PBKDF2 costs ~0.3 s a user on this machine)."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- how many cases schemathesis generated (tests/api/test_schema_fuzz.py), in the summary ------
+# The fuzz test records its count as a user property; reports carry those across pytest-xdist
+# workers, so the total is printed by whichever process writes the summary.
+
+_schemathesis_cases: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        for name, value in report.user_properties:
+            if name == "schemathesis_cases":
+                _schemathesis_cases[report.nodeid] = value
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _schemathesis_cases:
+        total = sum(_schemathesis_cases.values())
+        each = ", ".join(
+            f"{nodeid.rsplit('[', 1)[-1].rstrip(']')} {count}" for nodeid, count in sorted(_schemathesis_cases.items())
+        )
+        terminalreporter.write_sep("-", f"schemathesis generated {total} cases ({each})")

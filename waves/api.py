@@ -11,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
+    OpenApiResponse,
     extend_schema,
     extend_schema_field,
     extend_schema_view,
@@ -19,7 +20,7 @@ from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from config.api import BooleanFilter, Needs, Pagination, get_or_404, id_from
+from config.api import BooleanFilter, Needs, Pagination, get_or_404, id_from, path_id
 from waves.loaders import DefinitionError, load_bytes
 from waves.models import TaskList
 from waves.selectors import task_list_plan
@@ -29,7 +30,7 @@ from waves.teams import TeamError, team_for_import, visible_task_lists
 
 class TaskListSerializer(serializers.ModelSerializer):
     name = serializers.CharField(source="title")
-    team = serializers.CharField(source="team.name", default=None)
+    team = serializers.CharField(source="team.name", default=None, allow_null=True, help_text="null: no team")
     format = serializers.CharField(source="source_format")
     task_count = serializers.IntegerField()
 
@@ -96,15 +97,36 @@ class DefinitionText(parsers.BaseParser):
 SUFFIX = {"application/json": ".json", "text/plain": ".pipeline", "application/yaml": ".yaml", "application/x-yaml": ".yaml", "text/yaml": ".yaml"}
 
 
+# The import's examples: a workflow (the mapping a YAML or JSON file holds) and a pipeline table.
+WORKFLOW = {
+    "name": "hello",
+    "steps": [{"id": "fetch", "run": "echo fetch"}, {"id": "report", "run": "echo report", "depends_on": ["fetch"]}],
+}
+PIPELINE = "1 | build | - | auto | g1 | 5 | compile\n2 | test | 1 | auto | g1 | 3 | run the tests\n"
+
+
 class ImportSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=200)
     replace = serializers.BooleanField(required=False, default=False)
     team = serializers.CharField(required=False, max_length=150)
 
 
+ERRORS = {
+    400: OpenApiResponse(OpenApiTypes.OBJECT, description="a bad id or parameter, named"),
+    404: OpenApiResponse(OpenApiTypes.OBJECT, description="no such task list, or not one of your teams'"),
+}
+
+
 @extend_schema_view(
-    list=extend_schema(summary="Task lists the user's teams own"),
-    retrieve=extend_schema(summary="A task list with its plan (waves, critical path, width, makespan)"),
+    list=extend_schema(
+        summary="Task lists the user's teams own",
+        responses={200: TaskListSerializer(many=True), 400: ERRORS[400]},
+    ),
+    retrieve=extend_schema(
+        summary="A task list with its plan (waves, critical path, width, makespan)",
+        parameters=[path_id("id", "the task list's id")],
+        responses={200: TaskListDetailSerializer, **ERRORS},
+    ),
 )
 class TaskListViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     permission_classes = [Needs]
@@ -131,21 +153,30 @@ class TaskListViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     @extend_schema(
         summary="Import a workflow file or pipeline table",
-        description="The body is the file: `application/yaml` or `application/json` for a workflow, "
-        "`text/plain` for a pipeline table. Bad input is 400 with the same message as "
-        "`import_tasklist`, and nothing is written.",
+        description="The body is the file: `application/yaml` or `application/json` for a workflow "
+        "(a mapping with `name` and `steps`), `text/plain` for a pipeline table. Bad input is 400 "
+        "with the same message as `import_tasklist`, and nothing is written.",
         parameters=[
             OpenApiParameter("name", str, description="the list's name (default: the file's `name:`)"),
             OpenApiParameter("replace", bool, description="archive the live list of that name"),
             OpenApiParameter("team", str, description="the owning team (default: your only team)"),
         ],
         request={
-            "application/yaml": OpenApiTypes.STR,
-            "application/json": OpenApiTypes.STR,
+            "application/yaml": OpenApiTypes.OBJECT,
+            "application/json": OpenApiTypes.OBJECT,
             "text/plain": OpenApiTypes.STR,
         },
-        responses={201: TaskListSerializer},
-        examples=[OpenApiExample("workflow", value="name: hello\nsteps:\n  - id: a\n    run: echo hi\n")],
+        responses={
+            201: TaskListSerializer,
+            400: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="a bad body or parameter, named, with the import's message"
+            ),
+        },
+        examples=[
+            OpenApiExample("workflow", value=WORKFLOW, media_type="application/yaml", request_only=True),
+            OpenApiExample("workflow", value=WORKFLOW, media_type="application/json", request_only=True),
+            OpenApiExample("pipeline table", value=PIPELINE, media_type="text/plain", request_only=True),
+        ],
     )
     def create(self, request):
         options = ImportSerializer(data=request.query_params)
@@ -156,8 +187,10 @@ class TaskListViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         except TeamError as exc:
             raise ValidationError({"team": [str(exc)]})
         media = (request.content_type or "").split(";")[0].strip().lower()
+        # An empty body reaches no parser, and DRF gives `{}` for it, not bytes: it is the empty file.
+        body = request.data if isinstance(request.data, bytes) else b""
         try:
-            definition = load_bytes(request.data, source="<request>", suffix=SUFFIX.get(media, ""), name=name)
+            definition = load_bytes(body, source="<request>", suffix=SUFFIX.get(media, ""), name=name)
             with transaction.atomic():
                 old = TaskList.objects.filter(title=(name or definition.name).strip(), archived_at__isnull=True)
                 if replace and old.exists() and not visible_task_lists(request.user).filter(pk=old[0].pk).exists():

@@ -86,6 +86,15 @@ def test_bad_input_is_400_with_the_import_message_and_writes_nothing(member, bod
     assert TaskList.objects.count() == 0 and Task.objects.count() == 0
 
 
+@pytest.mark.parametrize("content_type", ["application/yaml", "application/json", "text/plain", "text/csv"])
+def test_an_empty_body_is_400_naming_the_body_not_a_server_error(member, content_type):
+    # Found by schemathesis: with no body DRF runs no parser and hands the view `{}`, not bytes.
+    response = post(client_for(member), b"", content_type)
+    assert response.status_code == 400, response.content
+    assert "body" in response.json()
+    assert TaskList.objects.count() == 0 and Task.objects.count() == 0
+
+
 def test_a_taken_name_needs_replace_and_replace_of_another_teams_list_is_refused(member, outsider):
     first = post(client_for(member), ETL).json()["id"]
     again = post(client_for(member), ETL)
