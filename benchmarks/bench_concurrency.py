@@ -49,7 +49,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PYTHON = (
+    str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+)
 DAPHNE = str(Path(PYTHON).parent / "daphne")
 TEMPLATES = ["extract", "transform", "load", "validate", "report", "index", "backup", "sync",
              "render", "compile", "test", "publish"]  # fmt: skip
@@ -402,7 +404,9 @@ def check(server, conn, info: dict, range_name: str) -> dict:
     seed = {(ts, name): n for ts, name, n in conn.execute(SEED_AT_SQL, params).fetchall()}
     conn.rollback()
     start = now - {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1)}[range_name]
-    query = urllib.parse.urlencode({"start": start.isoformat(), "end": now.isoformat(), "granularity": "minute"})
+    query = urllib.parse.urlencode(
+        {"start": start.isoformat(), "end": now.isoformat(), "granularity": "minute"}
+    )
     _, body = get(server.url(f"/api/v2/workflow/{info['task_list']}/task_concurrency?{query}"), info["token"])
     ours = {
         (datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")), p["task_template_name"]): p["concurrent_count"]
@@ -412,7 +416,59 @@ def check(server, conn, info: dict, range_name: str) -> dict:
     # have just ended; our request came a moment later, when they had not: not compared.
     keys = {k for k in reference.keys() | ours.keys() | seed.keys() if k[0] < now}
     wrong = lambda found: sum(1 for k in keys if reference.get(k) != found.get(k))  # noqa: E731
-    return {"points": sum(1 for k in reference if k[0] < now), "ours_wrong": wrong(ours), "seed_wrong": wrong(seed)}
+    return {
+        "points": sum(1 for k in reference if k[0] < now),
+        "ours_wrong": wrong(ours),
+        "seed_wrong": wrong(seed),
+    }
+
+
+def index_effect(database_url: str, task_list: int, ranges: list[str], repeat: int = 5) -> list[dict]:
+    """The timeline's statement (as the selector builds it) timed with and without concurrency's
+    index on (previous_status, changed_at, task_id), dropped inside a transaction that is
+    rolled back; with the plan's scan of the rows leaving the status."""
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from concurrency import selectors
+    from waves.models import TaskList
+
+    out = []
+    for range_name in ranges:
+        grid = selectors.Grid.relative(range_name, "minute", timezone.now())
+        with CaptureQueriesContext(connection) as queries:
+            selectors.task_concurrency(task_lists=TaskList.objects.filter(pk=task_list), grid=grid)
+        sql = next(q["sql"] for q in queries.captured_queries if "array_agg" in q["sql"])
+        row = {"range": range_name}
+        for label, drop in (("with", False), ("without", True)):
+            times = []
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+                cursor.execute("SET LOCAL random_page_cost = 1.1")
+                if drop:
+                    cursor.execute("DROP INDEX idx_audit_previous_status_time")
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    cursor.execute(sql)
+                    cursor.fetchall()
+                    times.append(time.perf_counter() - start)
+                cursor.execute("EXPLAIN " + sql)
+                plan = [
+                    line
+                    for (line,) in cursor.fetchall()
+                    if "previous_status" in line or "Seq Scan on task_status_audit" in line
+                ]
+                transaction.set_rollback(True)
+            row[label] = (statistics.median(times), plan[0].strip().split("  (")[0] if plan else "")
+        out.append(row)
+    return out
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -425,11 +481,14 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=7, help="timed requests per range (after one warm-up)")
     parser.add_argument("--seed-repeat", type=int, default=3, help="timed runs of the seed's SQL per range")
-    parser.add_argument("--seed-timeout", type=float, default=300.0, help="seconds; the seed's SQL is cut there")
+    parser.add_argument(
+        "--seed-timeout", type=float, default=300.0, help="seconds; the seed's SQL is cut there"
+    )
     parser.add_argument("--ranges", default="1h,6h,24h,7d,30d")
     parser.add_argument("--aggs", default="sample,max", help="ours: sample (the seed's meaning) and/or max")
     parser.add_argument("--reuse", action="store_true", help="keep the database of a previous run")
     parser.add_argument("--no-check", action="store_true", help="skip the count check against the reference")
+    parser.add_argument("--no-index", action="store_true", help="skip timing the statement without the index")
     args = parser.parse_args()
     ranges = [r for r in args.ranges.split(",") if r]
     if any(r not in RANGES for r in ranges):
@@ -471,7 +530,13 @@ def main() -> int:
                 _, body = get(url, info["token"])  # warm-up, and the size
                 times = [get(url, info["token"])[0] for _ in range(args.repeat)]
                 points = len(json.loads(body)["data"])
-                row = {"range": range_name, "agg": agg, "ours": quantiles(times), "bytes": len(body), "points": points}
+                row = {
+                    "range": range_name,
+                    "agg": agg,
+                    "ours": quantiles(times),
+                    "bytes": len(body),
+                    "points": points,
+                }
                 if agg == "sample":
                     seed_times, seed_rows = [], []
                     for i in range(args.seed_repeat):
@@ -494,12 +559,13 @@ def main() -> int:
         conn.close()
     finally:
         server.stop()
+    index = [] if args.no_index else index_effect(args.database_url, info["task_list"], ["24h", "30d"])
     print(f"  load average after: {os.getloadavg()[0]:.2f}")
-    report(rows, checks, args)
+    report(rows, checks, index, args)
     return 0
 
 
-def report(rows: list[dict], checks: dict, args) -> None:
+def report(rows: list[dict], checks: dict, index: list[dict], args) -> None:
     mb = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"  # noqa: E731
     print()
     print(f"GET .../task_concurrency?time_range=R&granularity=minute through daphne, p50 / p95 of {args.repeat} "
@@ -526,7 +592,9 @@ def report(rows: list[dict], checks: dict, args) -> None:
         print("| " + " | ".join(cells) + " |")
     if checks:
         print()
-        print("Counts at the seed's own instants (start/end = its now - range, now; the last, now, left out),")
+        print(
+            "Counts at the seed's own instants (start/end = its now - range, now; the last, now, left out),"
+        )
         print("against a reference SQL without the look-back (periods per wave task, all history):")
         print("(timestamp, template) counts that differ")
         print()
@@ -534,6 +602,21 @@ def report(rows: list[dict], checks: dict, args) -> None:
         print("|---|---|---|---|")
         for name, c in checks.items():
             print(f"| {name} | {c['points']:,} | {c['ours_wrong']} | {c['seed_wrong']} |")
+
+    if index:
+        print()
+        print(
+            "The timeline's statement with and without concurrency's index on (previous_status, changed_at,"
+        )
+        print(
+            "task_id) (dropped in a transaction rolled back), median of 5, and how the rows leaving running are read"
+        )
+        print()
+        print("| range | with the index | scan | without | scan |")
+        print("|---|---|---|---|---|")
+        for row in index:
+            (w, wplan), (wo, woplan) = row["with"], row["without"]
+            print(f"| {row['range']} | {w * 1000:.0f} ms | {wplan} | {wo * 1000:.0f} ms | {woplan} |")
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ DESCRIPTION = (
     "How many tasks were in `status` at each instant, by task template, from the task status "
     "audit: a task counts from its entry into the status to its next transition, or to now "
     "while it is still in it, however long before the window it entered. Zero counts are "
-    "left out; more than 50 templates are folded into \"Other\". `format=csv` gives the same "
+    'left out; more than 50 templates are folded into "Other". `format=csv` gives the same '
     "points as `timestamp,task_template_name,concurrent_count` lines."
 )
 
@@ -201,7 +201,9 @@ class TaskListConcurrencyView(_Timeline):
         parameters=[path_id("task_list_id", "the task list's id"), *QUERY],
         responses={
             **RESPONSES,
-            404: OpenApiResponse(OpenApiTypes.OBJECT, description="no such task list, or not one of your teams'"),
+            404: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="no such task list, or not one of your teams'"
+            ),
         },
         examples=[EXAMPLE],
     )
@@ -231,4 +233,3 @@ class TaskListConcurrencySlashView(TaskListConcurrencyView):
 @extend_schema(exclude=True)
 class FleetConcurrencySlashView(FleetConcurrencyView):
     pass
-

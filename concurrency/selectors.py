@@ -177,7 +177,9 @@ def task_concurrency(
     names = dict(TaskTemplate.objects.filter(pk__in=values).values_list("pk", "name"))
     kept = sorted(values, key=lambda tpl: (-sum(values[tpl]), names[tpl]))
     folded = kept[MAX_SERIES:] if len(kept) > MAX_SERIES else []
-    series = sorted(((names[tpl], values[tpl]) for tpl in kept[: len(kept) - len(folded)]), key=lambda s: s[0])
+    series = sorted(
+        ((names[tpl], values[tpl]) for tpl in kept[: len(kept) - len(folded)]), key=lambda s: s[0]
+    )
     if folded:
         other = _Steps()
         for tpl in folded:
@@ -253,7 +255,9 @@ def _scope(task_lists, alias: str) -> tuple[str, list]:
     return f" AND {alias}.task_list_id IN ({sql})", list(params)
 
 
-def _read(task_lists, grid: Grid, status: str, agg: str, templates: list[str], execution) -> dict[int, _Steps]:
+def _read(
+    task_lists, grid: Grid, status: str, agg: str, templates: list[str], execution
+) -> dict[int, _Steps]:
     """The steps of every template: one statement (one snapshot on PostgreSQL, so the rows
     and the statuses now agree)."""
     since = connection.ops.adapt_datetimefield_value(grid.instant(0))

@@ -45,7 +45,9 @@ def build(stories: list[Story], *, title: str = "timeline", team: Group | None =
         key = story.key or f"t{i}"
         if key not in tasks:
             template, _ = TaskTemplate.objects.get_or_create(name=story.template)
-            tasks[key] = Task.objects.create(task_list=tl, key=key, template=template, command="true", position=i)
+            tasks[key] = Task.objects.create(
+                task_list=tl, key=key, template=template, command="true", position=i
+            )
         if story.run not in runs:
             runs[story.run] = ExecutionRun.objects.create(
                 task_list=tl, status=RunStatus.RUNNING, started_at=story.steps[0][1]
@@ -53,7 +55,11 @@ def build(stories: list[Story], *, title: str = "timeline", team: Group | None =
             waves[story.run] = ParallelExecutionWave.objects.create(execution=runs[story.run], wave_number=0)
         first, created = story.steps[0]
         (wt,) = services.wave_tasks_create(
-            [WaveTask(wave=waves[story.run], task=tasks[key], execution=runs[story.run], key=key, status=first)],
+            [
+                WaveTask(
+                    wave=waves[story.run], task=tasks[key], execution=runs[story.run], key=key, status=first
+                )
+            ],
             now=created,
         )
         for status, at in story.steps[1:]:

@@ -92,7 +92,9 @@ def test_seed_004s_contract(world, member):
     # extract runs through the whole hour: 61 instants a minute apart, as the seed's grid.
     instants = sorted(series["extract"])
     assert len(instants) == 61 and set(series["extract"].values()) == {1}
-    assert all(parse(b) - parse(a) == timedelta(minutes=1) for a, b in zip(instants, instants[1:], strict=False))
+    assert all(
+        parse(b) - parse(a) == timedelta(minutes=1) for a, b in zip(instants, instants[1:], strict=False)
+    )
     minute = lambda t: t.replace(second=0, microsecond=0)  # noqa: E731
     assert minute(before) <= parse(instants[-1]) <= minute(after)  # the last whole minute up to now
     # transform: one run from 50 to 20 minutes ago, another since 40 minutes ago.
@@ -129,7 +131,9 @@ def test_csv_holds_the_same_points(world, member):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows[0] == ["timestamp", "task_template_name", "concurrent_count"]
-    assert [{"timestamp": t, "task_template_name": n, "concurrent_count": int(c)} for t, n, c in rows[1:]] == as_json
+    assert [
+        {"timestamp": t, "task_template_name": n, "concurrent_count": int(c)} for t, n, c in rows[1:]
+    ] == as_json
 
 
 def test_template_execution_status_and_agg(world, member):
@@ -140,7 +144,12 @@ def test_template_execution_status_and_agg(world, member):
     both = client_for(member).get(url + "?time_range=1h&template=extract&template=transform")
     assert set(by_template(points(both))) == {"extract", "transform"}
     second_run = world.red.runs[1].pk
-    assert max(by_template(points(get(member, url, time_range="1h", execution=second_run)))["transform"].values()) == 1
+    assert (
+        max(
+            by_template(points(get(member, url, time_range="1h", execution=second_run)))["transform"].values()
+        )
+        == 1
+    )
     assert set(by_template(points(get(member, url, time_range="6h", status="queued")))) == {"load"}
     assert points(get(member, url, time_range="6h", status="waiting_approval")) == []
     # Instants 70 and 10 minutes ago, an hour apart: transform's two runs overlap only
@@ -167,7 +176,10 @@ def test_a_list_without_runs_has_no_points(teams, member):
     tl = TaskList.objects.create(title="idle", team=teams[0])
     response = get(member, URL.format(tl.pk))
     assert response.status_code == 200 and response.json() == {"data": []}
-    assert get(member, URL.format(tl.pk), format="csv").content == b"timestamp,task_template_name,concurrent_count\r\n"
+    assert (
+        get(member, URL.format(tl.pk), format="csv").content
+        == b"timestamp,task_template_name,concurrent_count\r\n"
+    )
 
 
 # --- the fleet and the team rule ----------------------------------------------------------------
@@ -176,7 +188,11 @@ def test_a_list_without_runs_has_no_points(teams, member):
 def test_the_fleet_is_every_list_the_user_may_see(world, member, outsider, superuser):
     assert set(by_template(points(get(member, FLEET, time_range="1h")))) == {"extract", "transform"}
     assert set(by_template(points(get(outsider, FLEET, time_range="1h")))) == {"publish"}
-    assert set(by_template(points(get(superuser, FLEET, time_range="1h")))) == {"extract", "transform", "publish"}
+    assert set(by_template(points(get(superuser, FLEET, time_range="1h")))) == {
+        "extract",
+        "transform",
+        "publish",
+    }
     blue_run = world.blue.runs[0].pk
     assert get(member, FLEET, execution=blue_run).status_code == 400
     assert set(by_template(points(get(outsider, FLEET, execution=blue_run)))) == {"publish"}
@@ -217,11 +233,18 @@ def test_the_team_rule(world, member, reader, outsider, superuser):
     ],
 )
 def test_a_bad_parameter_is_a_400_naming_it(world, member, params, field):
-    response = get(member, URL.format(world.red.task_list.pk), **params, **({} if "format" in params else {"format": "csv"}))
+    response = get(
+        member,
+        URL.format(world.red.task_list.pk),
+        **params,
+        **({} if "format" in params else {"format": "csv"}),
+    )
     assert response.status_code == 400, response.content
     assert response["Content-Type"] == "application/json"  # even when csv was asked for
     message = response.json()[field]
-    assert message and all(isinstance(m, str) for m in (message if isinstance(message, list) else message["0"]))
+    assert message and all(
+        isinstance(m, str) for m in (message if isinstance(message, list) else message["0"])
+    )
     assert get(member, FLEET, **params).status_code == 400
 
 

@@ -57,7 +57,8 @@ def histories(draw, now: datetime, span: int, runs: int = 2) -> list[Story]:
     tick = draw(st.sampled_from([1, 15]))  # 15: many tasks move at one moment
     for i in range(draw(st.integers(1, 8))):
         offsets = sorted(
-            {tick * x for x in draw(st.lists(st.integers(0, span // tick), min_size=1, max_size=7))}, reverse=True
+            {tick * x for x in draw(st.lists(st.integers(0, span // tick), min_size=1, max_size=7))},
+            reverse=True,
         )
         status, steps = S.PENDING.value, []
         for j, offset in enumerate(offsets):
@@ -73,7 +74,9 @@ def histories(draw, now: datetime, span: int, runs: int = 2) -> list[Story]:
         if any(s.key == key and s.run == run for s in stories):
             key = f"t{i}x"
         # A task has one template, whichever run it is in.
-        template = next((s.template for s in stories if s.key == key), None) or draw(st.sampled_from(TEMPLATES))
+        template = next((s.template for s in stories if s.key == key), None) or draw(
+            st.sampled_from(TEMPLATES)
+        )
         stories.append(Story(template, steps, key=key, run=run))
     return stories
 
@@ -103,7 +106,11 @@ def test_counts_match_a_brute_force_count_of_random_histories(data):
         built = build(stories)
         for agg in selectors.AGGREGATES:
             timeline = selectors.task_concurrency(
-                task_lists=TaskList.objects.filter(pk=built.task_list.pk), grid=grid, status=status, agg=agg, now=now
+                task_lists=TaskList.objects.filter(pk=built.task_list.pk),
+                grid=grid,
+                status=status,
+                agg=agg,
+                now=now,
             )
             assert as_points(timeline) == brute_force(stories, status, now, grid, agg), agg
 
@@ -179,7 +186,9 @@ postgres_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="se
 
 def our_sample(task_list: TaskList, now: datetime, back: timedelta = timedelta(hours=1)):
     grid = Grid.explicit(now - back, now, "minute")  # the seed's generate_series, instant for instant
-    return as_points(selectors.task_concurrency(task_lists=TaskList.objects.filter(pk=task_list.pk), grid=grid, now=now))
+    return as_points(
+        selectors.task_concurrency(task_lists=TaskList.objects.filter(pk=task_list.pk), grid=grid, now=now)
+    )
 
 
 @postgres_only
@@ -209,8 +218,14 @@ def test_the_seeds_sql_misses_a_task_that_entered_before_its_look_back_and_ours_
     built = build(
         [
             Story("extract", [(S.PENDING, now - timedelta(days=3)), (S.RUNNING, now - timedelta(hours=3))]),
-            Story("extract", [(S.PENDING, now - timedelta(hours=2)), (S.RUNNING, now - timedelta(minutes=90)),
-                              (S.SUCCEEDED, now - timedelta(minutes=30))]),
+            Story(
+                "extract",
+                [
+                    (S.PENDING, now - timedelta(hours=2)),
+                    (S.RUNNING, now - timedelta(minutes=90)),
+                    (S.SUCCEEDED, now - timedelta(minutes=30)),
+                ],
+            ),
         ]  # fmt: skip
     )
     ours, seed = our_sample(built.task_list, now), seed_counts(built.task_list)
@@ -234,13 +249,17 @@ def built_stories(built) -> list[Story]:
 
 def timeline(built, now, grid, **kwargs):
     return as_points(
-        selectors.task_concurrency(task_lists=TaskList.objects.filter(pk=built.task_list.pk), grid=grid, now=now, **kwargs)
+        selectors.task_concurrency(
+            task_lists=TaskList.objects.filter(pk=built.task_list.pk), grid=grid, now=now, **kwargs
+        )
     )
 
 
 def test_a_task_that_entered_long_before_the_window_counts_in_every_bucket():
     now = timezone.now()
-    built = build([Story("extract", [(S.PENDING, now - timedelta(days=40)), (S.RUNNING, now - timedelta(days=39))])])
+    built = build(
+        [Story("extract", [(S.PENDING, now - timedelta(days=40)), (S.RUNNING, now - timedelta(days=39))])]
+    )
     grid = Grid.relative("1h", "minute", now)
     points = timeline(built, now, grid)
     assert points == {(grid.instant(k), "extract"): 1 for k in range(grid.count)}
@@ -251,8 +270,14 @@ def test_a_task_that_left_during_the_window_counts_until_it_left():
     now = datetime(2025, 5, 27, 1, 0, tzinfo=UTC)
     built = build(
         [
-            Story("extract", [(S.PENDING, now - timedelta(days=9)), (S.RUNNING, now - timedelta(days=8)),
-                              (S.SUCCEEDED, now - timedelta(minutes=30))]),
+            Story(
+                "extract",
+                [
+                    (S.PENDING, now - timedelta(days=9)),
+                    (S.RUNNING, now - timedelta(days=8)),
+                    (S.SUCCEEDED, now - timedelta(minutes=30)),
+                ],
+            ),
         ]  # fmt: skip
     )
     grid = Grid.explicit(now - timedelta(hours=1), now, "minute")
@@ -268,8 +293,15 @@ def test_counts_after_the_audit_before_the_window_is_pruned_are_unchanged():
     built = build(
         [
             Story("extract", [(S.PENDING, now - timedelta(days=100)), (S.RUNNING, now - timedelta(days=95))]),
-            Story("load", [(S.PENDING, now - timedelta(days=100)), (S.QUEUED, now - timedelta(days=99)),
-                           (S.RUNNING, now - timedelta(days=92)), (S.FAILED, now - timedelta(minutes=10))]),
+            Story(
+                "load",
+                [
+                    (S.PENDING, now - timedelta(days=100)),
+                    (S.QUEUED, now - timedelta(days=99)),
+                    (S.RUNNING, now - timedelta(days=92)),
+                    (S.FAILED, now - timedelta(minutes=10)),
+                ],
+            ),
         ]  # fmt: skip
     )
     grid = Grid.relative("24h", "5m", now)
@@ -285,8 +317,14 @@ def test_max_keeps_a_spike_between_instants_that_sample_misses():
     t = now - timedelta(minutes=30)
     built = build(
         [
-            Story("extract", [(S.PENDING, t), (S.RUNNING, t + timedelta(seconds=10)),
-                              (S.SUCCEEDED, t + timedelta(seconds=15))]),
+            Story(
+                "extract",
+                [
+                    (S.PENDING, t),
+                    (S.RUNNING, t + timedelta(seconds=10)),
+                    (S.SUCCEEDED, t + timedelta(seconds=15)),
+                ],
+            ),
         ]  # fmt: skip
     )
     grid = Grid.explicit(now - timedelta(hours=1), now, "minute")
@@ -302,7 +340,10 @@ def test_steps_at_one_instant_are_taken_together():
     t = now - timedelta(minutes=20, seconds=30)
     built = build(
         [
-            Story("extract", [(S.PENDING, t), (S.QUEUED, t), (S.RUNNING, t), (S.SUCCEEDED, t + timedelta(seconds=20))]),
+            Story(
+                "extract",
+                [(S.PENDING, t), (S.QUEUED, t), (S.RUNNING, t), (S.SUCCEEDED, t + timedelta(seconds=20))],
+            ),
             Story("extract", [(S.PENDING, t), (S.RUNNING, t + timedelta(seconds=20))]),
         ]
     )
@@ -336,13 +377,21 @@ def test_more_than_fifty_templates_are_folded_into_other():
     now = datetime(2025, 5, 27, 1, 0, tzinfo=UTC)
     # Templates 0-2 have one task running for the last 10 minutes, 3-52 two: 0-2 are folded.
     stories = [
-        Story(f"tpl{i:02d}", [(S.PENDING, now - timedelta(hours=1)), (S.RUNNING, now - timedelta(minutes=10))])
+        Story(
+            f"tpl{i:02d}", [(S.PENDING, now - timedelta(hours=1)), (S.RUNNING, now - timedelta(minutes=10))]
+        )
         for i in range(53)
         for _ in range(1 if i < 3 else 2)
     ]
     built = build(stories)
     grid = Grid.explicit(now - timedelta(minutes=5), now - timedelta(minutes=5), "minute")
-    result = selectors.task_concurrency(task_lists=TaskList.objects.filter(pk=built.task_list.pk), grid=grid, now=now)
+    result = selectors.task_concurrency(
+        task_lists=TaskList.objects.filter(pk=built.task_list.pk), grid=grid, now=now
+    )
     names = [name for name, _ in result.series]
-    assert len(names) == 51 and names[-1] == "Other" and names[:-1] == sorted(f"tpl{i:02d}" for i in range(3, 53))
+    assert (
+        len(names) == 51
+        and names[-1] == "Other"
+        and names[:-1] == sorted(f"tpl{i:02d}" for i in range(3, 53))
+    )
     assert dict(result.series)["Other"] == [3] and dict(result.series)["tpl03"] == [2]
