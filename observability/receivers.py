@@ -4,7 +4,7 @@
 change, so what these handlers write commits or rolls back with it. Each handler is
 thin: one call into `observability.services`, which does one bulk INSERT per model
 and one F() UPDATE per wave (STYLE.md point 4), then `statistics_announce`, which writes the
-run's coalesced `stats.update` event in the same transaction. Nothing here broadcasts: live
+run's coalesced `stats.update` event once that transaction commits. Nothing here broadcasts: live
 updates come from the event log (observability.relay tails it).
 """
 

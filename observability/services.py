@@ -8,11 +8,11 @@ database at once, and a rolled-back change leaves no trace in the counters.
 `statistics_recompute()` rebuilds the same rows from the raw tables; the tests check
 that both agree.
 
-`statistics_announce()` writes the `stats.update` event of a run (every wave's statistics, as
-they stand in the transaction) into the event log, in the same transaction, for the live
-websockets. It is coalesced: at most one per run every `STATS_EVERY_SECONDS` (0.25 s) in one
-process; a change inside that window is announced with the run's next change after it, and a
-wave's start and end are always announced (so a finished wave's figures are always final).
+`statistics_announce()` writes the `stats.update` event of a run (every wave's statistics) into
+the event log for the live websockets, right after the transaction of the change commits. It is
+coalesced: at most one per run every `STATS_EVERY_SECONDS` (0.25 s) in one process; a change
+inside that window is announced with the run's next change after it, and a wave's start and end
+are always announced (so a finished wave's figures are always final).
 """
 
 from __future__ import annotations
@@ -279,35 +279,56 @@ def _statistics_update(wave_id: int, execution_id: int, **fields) -> None:
 
 STATS_EVERY_SECONDS = 0.25
 _announced: dict[int, float] = {}  # run id -> time.monotonic() of its last stats.update here
+_scheduled: dict[int, float] = {}  # run id -> when an announcement was promised to a commit
 
 
 def statistics_announce(execution_ids: Iterable[int], *, force: bool = False) -> list[int]:
-    """Write a `stats.update` event for each of these runs, in the current transaction, unless
-    one was written less than STATS_EVERY_SECONDS ago by this process (`force`: write anyway).
-    Returns the runs announced."""
+    """Promise a `stats.update` event for each of these runs once the current transaction
+    commits, unless one was written less than STATS_EVERY_SECONDS ago by this process or is
+    already promised (`force`: whatever the time). Returns the runs promised.
+
+    Written right after the commit, in a transaction of its own: the figures are the committed
+    ones, a rolled-back change announces nothing, and the change's own transaction does not
+    grow. Its time is the latest of the events the executor's batch had gathered, so the
+    event log still reads in time order."""
     now = time.monotonic()
     due = sorted(
         run_id
         for run_id in set(execution_ids)
-        if run_id and (force or now - _announced.get(run_id, -STATS_EVERY_SECONDS) >= STATS_EVERY_SECONDS)
+        if run_id
+        and now - _scheduled.get(run_id, -60) > 5  # a promise whose transaction rolled back expires
+        and (force or now - _announced.get(run_id, -STATS_EVERY_SECONDS) >= STATS_EVERY_SECONDS)
     )
     if not due:
         return []
+    at = batch_latest()
+    for run_id in due:
+        _scheduled[run_id] = now
+    transaction.on_commit(lambda: _announce(due, at), robust=True)
+    return due
+
+
+def _announce(run_ids: list[int], at: datetime | None) -> None:
+    now = time.monotonic()
+    for run_id in run_ids:
+        _scheduled.pop(run_id, None)
+        _announced[run_id] = now
     if len(_announced) > 10_000:  # a long-lived process: forget runs not announced lately
-        for run_id, at in list(_announced.items()):
-            if now - at > 60:
+        for run_id, last in list(_announced.items()):
+            if now - last > 60:
                 del _announced[run_id]
     rows = defaultdict(list)
     fields = ("wave_id", "wave__wave_number", *STATISTICS_FIELDS, "updated_at")
-    for row in WaveStatistics.objects.filter(execution_id__in=due).order_by("wave_id").values("execution_id", *fields):
+    statistics = WaveStatistics.objects.filter(execution_id__in=run_ids).order_by("wave_id")
+    for row in statistics.values("execution_id", *fields):
         run_id = row.pop("execution_id")
         row["wave_number"] = row.pop("wave__wave_number")
         rows[run_id].append({name: iso(v) if isinstance(v, datetime) else v for name, v in row.items()})
-    at = batch_latest() or timezone.now()
-    events_write([(run_id, "stats.update", {"execution_id": run_id, "waves": rows[run_id]}) for run_id in due], at)
-    for run_id in due:
-        _announced[run_id] = now
-    return due
+    with transaction.atomic():
+        events_write(
+            [(run_id, "stats.update", {"execution_id": run_id, "waves": rows[run_id]}) for run_id in run_ids],
+            at or timezone.now(),
+        )
 
 
 # --- rebuilding from raw rows ------------------------------------------------------------------

@@ -12,8 +12,13 @@ from tests.factories import run_with_waves, task_list
 def live_settings(settings):
     """A fresh channel layer per test (in-memory, or channels-redis with a private prefix when
     REDIS_URL is set) and a fast poll."""
+    from observability import services
+
     settings.TIDEWATCH_LIVE = {"POLL_SECONDS": 0.01}
     settings.CHANNEL_LAYERS = layers()
+    # stats.update promises of other tests' (rolled back) transactions, on run ids reused here.
+    services._scheduled.clear()
+    services._announced.clear()
     yield
 
 
