@@ -14,22 +14,29 @@ see. Group names carry a prefix drawn when the relay starts (`tw-live.<random>.r
 and several daphne processes each client is therefore sent each event once, by the process that
 serves it; with the in-memory layer (the default) the prefix changes nothing.
 
-**Commit order, nothing lost, nothing twice.** `Tail` reads the log on its own thread and
-connection (one `SELECT` every `POLL_SECONDS`, 25 ms by default) and *releases* events strictly in
-id order: every id up to `watermark` has been released or is known never to come. On SQLite there
-is a single writer, so ids commit in order and everything read is released at once. On PostgreSQL
-an id is drawn at insert, so a lower id can commit after a higher one; an id missing below the
-highest seen is a *gap*, and the events after it are held until the gap fills (its transaction
-commits: the usual case, a few milliseconds) or is known to be empty. Each read carries the
-statement's own snapshot (`pg_current_snapshot()`): once a gap is `GAP_SETTLE_SECONDS` old (long
-enough for the transaction that drew the id to have its transaction id), the transactions in
-flight at that moment are noted, and when none of them is in flight any more and the id is still
-not visible, it never will be (a rollback, or a sequence value never used), and the stream moves
-on (only this database's transactions are waited for, read from pg_stat_activity, unless the
-role may not see other roles' sessions there). A gap still open after `GAP_GRACE_SECONDS` (5 s: a transaction that writes events and runs
-longer than that is rare; the executor's last milliseconds) is given up so that one long
-transaction cannot stall every client; if its events commit later (within `LATE_SECONDS`) they are
-still published, marked late and out of order. That is the one case where order is not kept.
+**Commit order, nothing lost, nothing twice.** `Tail` reads the log on a thread of its own,
+with a database connection it keeps open (one `SELECT` every `POLL_SECONDS`, 25 ms by default;
+the consumers, not the relay, go through `database_sync_to_async`), and *releases* events
+strictly in id order: every id up to `watermark` has been released or is known never to come.
+On SQLite there is a single writer, so ids commit in order and everything read is released at
+once. On PostgreSQL an id is drawn at insert, so a lower id can commit after a higher one; an id
+missing below the highest seen is a *gap*, and the events after it are held until the gap fills
+(its transaction commits: the usual case, a few milliseconds) or is known to be empty. Each read
+carries the statement's own snapshot (`pg_current_snapshot()`): once a gap is
+`GAP_SETTLE_SECONDS` (0.1 s) old, long enough for the transaction that drew the id to have a
+transaction id, the transactions then in flight on this database (pg_stat_activity; every
+transaction of the server if the role may not see other roles' sessions there) are noted, and
+when none of them is in flight any more and the id is still not visible, it never will be (a
+rollback, or a sequence value never used): the stream moves on. When the relay starts, the last
+`START_WINDOW` ids are checked the same way (without the settling time), so it starts at once on
+an idle database.
+
+A gap still open after `GAP_GRACE_SECONDS` (5 s) is given up, so that one long transaction
+cannot stall every client: transactions that write events and run longer than that are rare
+(the executor's last milliseconds; laying out a run of tens of thousands of steps takes a
+second or two). If its events commit later (within `LATE_SECONDS`, 60 s) they are still
+published, out of order: the one case where order is not kept, and a client that had already
+moved its `?after=` cursor past them would not get them again on a reconnect.
 
 **What a consumer gets.** Each poll's released events go, one message per group, as
 `{"type": "live.events", "events": [{"id", "execution_id", "text"}, ...], "prev": P, "last": L}`
