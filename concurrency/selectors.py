@@ -49,6 +49,8 @@ MAX_BUCKETS = 50_000
 # More templates than this (with a count above zero in the window) are folded into OTHER.
 MAX_SERIES = 50
 OTHER = "Other"
+# Windows up to this long take each row's template through the primary key of tasks (_read).
+SHORT_WINDOW_US = 2 * 86400 * US
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -217,34 +219,44 @@ def _peak(grid: Grid, steps: _Steps, now_us: int) -> list[int]:
     if steps.current:
         # The periods still open end now (or at the latest row, if a clock wrote one later).
         moves = moves + [2 * max(now_us, max(moves, default=0) >> 1)] * steps.current
-    moves.sort()  # runs already in order: linear
+    moves.sort()
     end = first + n * step  # the end of the last bucket
-    at_instant = [0] * n  # the count at each instant, less the count before the first move
-    inside: list[int | None] = [None] * n  # the highest count after a move inside each bucket (same base)
-    running, k, t = 0, 0, first  # t: the instant k, the next to record
+    entered = sum(map((1).__and__, moves))
+    running = len(moves) - 2 * entered  # every period has ended by now: the count before the moves
+    peaks = [0] * n
+    k, t = 0, first  # t: instant k, the next to record
     for move in moves:
         at = move >> 1
         if at >= end:
             break
         while t < at:
-            at_instant[k] = running
+            peaks[k] = running
             k, t = k + 1, t + step
         running += 1 if move & 1 else -1
-        if at < t and k:  # strictly inside bucket k - 1
-            high = inside[k - 1]
-            if high is None or running > high:
-                inside[k - 1] = running
+        if at < t and k and running > peaks[k - 1]:  # strictly inside bucket k - 1
+            peaks[k - 1] = running
     while k < n:
-        at_instant[k] = running
+        peaks[k] = running
         k += 1
-    entered = sum(map((1).__and__, moves))
-    base = len(moves) - 2 * entered  # every period has ended by now: the count before the moves
-    return [
-        base + (v if high is None or high < v else high) for v, high in zip(at_instant, inside, strict=True)
-    ]
+    return peaks
 
 
 # --- reading the audit -----------------------------------------------------------------------
+
+
+def planner_settings(grid: Grid) -> list[str]:
+    """PostgreSQL settings for the timeline's statement only (SET LOCAL, in its transaction).
+
+    JIT compiling costs more than it saves on these scans (60 ms of 170 on 30 days). Random
+    reads are priced as on SSD or in cache. And the template of each row: a short window has
+    few rows, each found through the primary key of tasks (24 hours: 30 ms), where a hash of
+    every task in scope costs the same whatever the window (70 ms for 100,000 tasks); past
+    two days the planner's hash join is the better one, and it chooses it.
+    """
+    settings = ["SET LOCAL jit = off", "SET LOCAL random_page_cost = 1.1"]
+    if grid.count * grid.step_us <= SHORT_WINDOW_US:
+        settings += ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off"]
+    return settings
 
 
 def _scope(task_lists, alias: str) -> tuple[str, list]:
@@ -278,7 +290,8 @@ def _read(
     at = "round(date_part('epoch', a.changed_at) * 1000000)::bigint" if postgres else "a.changed_at"
     # Rows that enter the status (+1) and rows that leave it (-1), from the window's start on.
     # Each arm is a range scan of an index on (status, changed_at, task_id): the seed's
-    # composite for new_status, concurrency migration 0001 for previous_status.
+    # composite for new_status; for previous_status, concurrency's migrations (a partial
+    # index on the rows leaving the statuses counted here).
     rows = f"""
         SELECT a.task_id, {at} AS at, 1 AS kind FROM task_status_audit a
         WHERE a.new_status = %s AND a.changed_at >= %s{in_run}
@@ -303,8 +316,7 @@ def _read(
                 f"/ {grid.step_us}))::bigint"
             )
         else:
-            move = "e.at * 2 + (e.kind + 1) / 2"  # see _Steps.moves
-            value = f"{move} ORDER BY {move}"
+            value = "e.at * 2 + (e.kind + 1) / 2"  # see _Steps.moves
         sql = f"""
             SELECT t.task_template_id, e.kind, array_agg({value}), NULL
             FROM ({rows}) e JOIN tasks t ON t.id = e.task_id
@@ -325,12 +337,8 @@ def _read(
     steps: dict[int, _Steps] = defaultdict(_Steps)
     with transaction.atomic(), connection.cursor() as cursor:
         if postgres:
-            # For this statement only: JIT compiling costs more than it saves on these scans
-            # (60 ms of 170 on 30 days); and with random reads priced as on SSD or in cache,
-            # a day's rows take the template of each task through its primary key (30 ms)
-            # rather than hashing every task of the list (70 ms). Weeks still hash.
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute("SET LOCAL random_page_cost = 1.1")
+            for setting in planner_settings(grid):
+                cursor.execute(setting)
         cursor.execute(sql, params)
         fetched = cursor.fetchall()
     for tpl, kind, value, current in fetched:
