@@ -18,9 +18,10 @@ and the count at any instant t is
 
 (a task still in S is given its -1 at now: "to now while still in it"). The window needs
 only the rows from its start on, not the history before it, and no row has to be paired
-with its successor: two index range scans (rows entering S, rows leaving S, each by
-`changed_at`, index-only) and the wave tasks in S now (an index on (execution, status)),
-grouped by template. A task that entered S a month before the window and is still in it is
+with its successor: two range scans by `changed_at` (rows entering S, on the seed's index
+(new_status, changed_at, task_id); rows leaving S, on concurrency's partial index
+(previous_status, changed_at, task_id); index-only) and the wave tasks in S now (an index on
+(execution, status)), grouped by template. A task that entered S a month before the window and is still in it is
 counted from the window's first instant, and so is one whose entry row has been pruned.
 The steps are then summed per bucket and swept once: linear in the rows plus the buckets.
 """
