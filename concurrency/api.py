@@ -72,6 +72,8 @@ class ConcurrencyQuery(serializers.Serializer):
         if start is not None and time_range:
             raise ValidationError({"time_range": ["give time_range or start (and end), not both"]})
         now = self.context["now"]
+        if start is not None and end is None and start > now:
+            raise ValidationError({"start": ["is after now: give an end too"]})
         try:
             if start is None:
                 attrs["grid"] = Grid.relative(time_range or "24h", attrs["granularity"], now)

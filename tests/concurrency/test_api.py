@@ -225,6 +225,8 @@ def test_the_team_rule(world, member, reader, outsider, superuser):
         ({"end": "2025-05-27T00:00:00Z"}, "start"),
         ({"start": "2025-05-27T00:00:00Z", "time_range": "1h"}, "time_range"),
         ({"start": "2025-05-27T01:00:00Z", "end": "2025-05-27T00:00:00Z"}, "end"),
+        ({"start": "2999-01-01T00:00:00Z"}, "start"),
+        ({"start": "0001-01-01T00:00:00+01:00"}, "start"),
         ({"start": "2025-01-01T00:00:00Z", "end": "2025-03-01T00:00:00Z"}, "granularity"),
         ({"time_range": "30d", "granularity": "30s"}, "granularity"),
         ({"execution": "abc"}, "execution"),
@@ -248,6 +250,15 @@ def test_a_bad_parameter_is_a_400_naming_it(world, member, params, field):
         isinstance(m, str) for m in (message if isinstance(message, list) else message["0"])
     )
     assert get(member, FLEET, **params).status_code == 400
+
+
+def test_an_empty_parameter_is_its_default(world, member):
+    url = URL.format(world.red.task_list.pk)
+    window = {"start": (world.now - timedelta(hours=1)).isoformat(), "end": world.now.isoformat()}
+    empty = get(
+        member, url, **window, time_range="", granularity="", agg="", status="", format="", execution=""
+    )
+    assert points(empty) == points(get(member, url, **window)) != []
 
 
 def test_too_many_buckets_says_why(world, member):
