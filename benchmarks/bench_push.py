@@ -267,6 +267,13 @@ async def stop_watching(crowd, tasks) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def own_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -318,9 +325,13 @@ async def throughput(setup: Setup, args, info: dict) -> dict:
             if clients
             else ([], [])
         )
+        cpu_before, own_before = setup.cpu_seconds(), own_cpu_seconds()
         out = await asyncio.to_thread(setup.manage, "execute_run", run_id, "--json")
         summary = json.loads(out.strip().splitlines()[-1])
         entry = {"wall_s": summary["wall_seconds"], "tasks_per_s": args.tasks / summary["wall_seconds"]}
+        # On a small machine the servers and the clients compete with the executor for CPU.
+        entry["daphne_cpu_s"] = setup.cpu_seconds() - cpu_before
+        entry["clients_cpu_s"] = own_cpu_seconds() - own_before
         if clients:
             logged = json.loads(await asyncio.to_thread(setup.child, "ids", run_id))
             # What was written before a socket opened (the layout) is in its snapshot.
@@ -374,7 +385,9 @@ def show(name: str, description: str, figures: dict) -> None:
             else ""
         )
         print(
-            f"executor, {label} watching: {entry['tasks_per_s']:.0f} tasks/s (run wall {entry['wall_s']:.2f} s){extra}"
+            f"executor, {label} watching: {entry['tasks_per_s']:.0f} tasks/s (run wall {entry['wall_s']:.2f} s; "
+            f"CPU meanwhile: daphne {entry['daphne_cpu_s']:.2f} s, clients {entry['clients_cpu_s']:.2f} s, "
+            f"{os.cpu_count()} cores){extra}"
         )
 
 
