@@ -111,6 +111,11 @@ class Grid:
             )
         return cls(first, step, count)
 
+    @property
+    def end_us(self) -> int:
+        """The end of the last bucket: the last instant + step."""
+        return self.first_us + self.count * self.step_us
+
     def instant(self, k: int) -> datetime:
         return from_us(self.first_us + k * self.step_us)
 
@@ -137,17 +142,22 @@ class _Steps:
     `entered` and `left` hold the bucket index of each row that entered or left the status
     (Grid.bucket); for agg=max, `moves` holds each such row as `2 * microseconds + 1` (entered)
     or `2 * microseconds` (left), so that sorting puts leaving before entering at one moment.
-    `current`: the wave tasks in the status now."""
+    Rows past what the window needs (_read's `reach`) are only counted: `entered_after`,
+    `left_after`. `current`: the wave tasks in the status now."""
 
     entered: list[int] = field(default_factory=list)
     left: list[int] = field(default_factory=list)
     moves: list[int] = field(default_factory=list)
+    entered_after: int = 0
+    left_after: int = 0
     current: int = 0
 
     def merge(self, other: _Steps) -> None:
         self.entered += other.entered
         self.left += other.left
         self.moves += other.moves
+        self.entered_after += other.entered_after
+        self.left_after += other.left_after
         self.current += other.current
 
 
@@ -202,9 +212,13 @@ def _sample(grid: Grid, steps: _Steps, now_us: int) -> list[int]:
         delta[k] += times
     for k, times in Counter(steps.left).items():
         delta[k] -= times
+    delta[n] += steps.entered_after - steps.left_after
     if steps.current:
         # The periods still open end now (or at the latest row, if a clock wrote one later).
-        end = max(grid.bucket(now_us), max(steps.entered, default=0), max(steps.left, default=0))
+        if steps.entered_after or steps.left_after:
+            end = n
+        else:
+            end = max(grid.bucket(now_us), max(steps.entered, default=0), max(steps.left, default=0))
         delta[end] -= steps.current
     # Every period ends by now: before the window's first step the count is minus their sum.
     return list(accumulate(delta[:n], initial=-sum(delta)))[1:]
@@ -215,15 +229,16 @@ def _peak(grid: Grid, steps: _Steps, now_us: int) -> list[int]:
     after a move strictly inside the bucket. Moves at one moment are taken leaving first, so
     the count on the way (lower than before that moment, which is inside the bucket too) is
     never above a count the bucket really had."""
-    first, step, n = grid.first_us, grid.step_us, grid.count
+    first, step, n, end = grid.first_us, grid.step_us, grid.count, grid.end_us
     moves = steps.moves
+    # Every period has ended by now: the count before the moves is minus the sum of all steps.
+    running = len(moves) - 2 * sum(map((1).__and__, moves)) - steps.entered_after + steps.left_after
     if steps.current:
+        running += steps.current
         # The periods still open end now (or at the latest row, if a clock wrote one later).
-        moves = moves + [2 * max(now_us, max(moves, default=0) >> 1)] * steps.current
+        if not (steps.entered_after or steps.left_after):
+            moves = moves + [2 * max(now_us, max(moves, default=0) >> 1)] * steps.current
     moves.sort()
-    end = first + n * step  # the end of the last bucket
-    entered = sum(map((1).__and__, moves))
-    running = len(moves) - 2 * entered  # every period has ended by now: the count before the moves
     peaks = [0] * n
     k, t = 0, first  # t: instant k, the next to record
     for move in moves:
@@ -287,6 +302,9 @@ def _read(
     in_run, run_params = (" AND a.execution_id = %s", [execution]) if execution else ("", [])
     wt_run = " AND wt.execution_id = %s" if execution else ""
     postgres = connection.vendor == "postgresql"
+    # Rows after this (microseconds) are only counted: after the last instant (sample), after
+    # the last bucket (max).
+    reach = grid.first_us + (grid.count - 1) * grid.step_us if agg == "sample" else grid.end_us - 1
     # Microseconds since the epoch, exactly: a double holds them to 0.25 us, round() the rest.
     at = "round(date_part('epoch', a.changed_at) * 1000000)::bigint" if postgres else "a.changed_at"
     # Rows that enter the status (+1) and rows that leave it (-1), from the window's start on.
@@ -319,7 +337,8 @@ def _read(
         else:
             value = "e.at * 2 + (e.kind + 1) / 2"  # see _Steps.moves
         sql = f"""
-            SELECT t.task_template_id, e.kind, array_agg({value}), NULL
+            SELECT t.task_template_id, e.kind, array_agg({value}) FILTER (WHERE e.at <= {reach}),
+                   count(*) FILTER (WHERE e.at > {reach})
             FROM ({rows}) e JOIN tasks t ON t.id = e.task_id
             WHERE 1 = 1{by_template}{tasks_scope}
             GROUP BY t.task_template_id, e.kind
@@ -342,18 +361,24 @@ def _read(
                 cursor.execute(setting)
         cursor.execute(sql, params)
         fetched = cursor.fetchall()
-    for tpl, kind, value, current in fetched:
+    for tpl, kind, value, count in fetched:
         s = steps[tpl]
         if kind == 0:  # the wave tasks in the status now
-            s.current += current
+            s.current += count
             continue
         if not postgres:
             at = _sqlite_us(value)
-            value = [grid.bucket(at) if agg == "sample" else 2 * at + (kind == 1)]
+            value, count = (
+                ([], 1) if at > reach else ([grid.bucket(at) if agg == "sample" else 2 * at + (kind == 1)], 0)
+            )
         if agg == "max":
-            s.moves += value
+            s.moves += value or []
         else:
-            (s.entered if kind == 1 else s.left).extend(value)
+            (s.entered if kind == 1 else s.left).extend(value or [])
+        if kind == 1:
+            s.entered_after += count
+        else:
+            s.left_after += count
     return steps
 
 
