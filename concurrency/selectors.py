@@ -24,6 +24,7 @@ with its successor: two range scans by `changed_at` (rows entering S, on the see
 (execution, status)), grouped by template. A task that entered S a month before the window and is still in it is
 counted from the window's first instant, and so is one whose entry row has been pruned.
 The steps are then summed per bucket and swept once: linear in the rows plus the buckets.
+(A window in the past also scans the rows from its end to now, only to count them.)
 """
 
 from __future__ import annotations
