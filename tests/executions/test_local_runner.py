@@ -55,7 +55,7 @@ def test_start_is_reported_at_the_next_poll_with_its_time_and_end_with_its_own(r
     start = next(e for e in events if isinstance(e, Started))
     end = finished(events)
     assert start.pid > 0 and start.hostname and before <= start.at <= end.at
-    assert end.at - start.at >= 0.2
+    assert end.at - start.at >= 0.15  # the start is stamped once Popen returns, a little after exec
     assert (end.exit_code, lines(events)) == (0, ["hi"])
 
 
