@@ -169,7 +169,7 @@ def test_many_repeats_of_a_big_value_stop_at_the_bound_without_building_them(mon
         render_command(template, ctx)
     with pytest.raises(ResolveError):
         resolve_env({"A": template}, ctx)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30  # a generous bound: what proves it is the count below
     assert len(built) == 2  # the second copy passed the bound: no third was made
 
 
