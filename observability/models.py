@@ -70,10 +70,13 @@ class ToolUse(RecordBase):
         db_table = "tool_uses"
         ordering = ["start_time", "id"]
         indexes = [
-            models.Index(fields=["wave"], name="idx_tool_use_wave_id"),
             # Seed 000 §7.4: WHERE wave_id = ? AND is_error = 1 ORDER BY start_time
             models.Index(fields=["wave", "is_error", "start_time"], name="idx_tool_use_wave_error"),
             models.Index(fields=["execution", "start_time"], name="idx_tool_use_execution"),
+            # The API's pages of a wave's tool uses, by id (with or without ?is_error=): without
+            # these, PostgreSQL walks the primary key and filters (benchmarks/bench_api.py).
+            models.Index(fields=["wave", "id"], name="idx_tool_use_wave_page"),
+            models.Index(fields=["wave", "is_error", "id"], name="idx_tool_use_wave_error_page"),
         ]
 
     def __str__(self):
@@ -90,8 +93,10 @@ class AssertionResult(RecordBase):
         db_table = "assertion_results"
         ordering = ["created_at", "id"]
         indexes = [
-            models.Index(fields=["wave"], name="idx_assertion_wave_id"),
             models.Index(fields=["execution"], name="idx_assertion_execution"),
+            # The API's pages of a wave's assertions, by id (with or without ?passed=).
+            models.Index(fields=["wave", "id"], name="idx_assertion_wave_page"),
+            models.Index(fields=["wave", "passed", "id"], name="idx_assertion_wave_passed_page"),
         ]
 
     def __str__(self):

@@ -14,17 +14,17 @@ from django.db.models import F, Max, Q
 
 from executions.models import BuildAgentInstance, ExecutionRun, ParallelExecutionWave, WaveTask
 from observability.models import AssertionResult, ToolUse, TranscriptEntry
-from waves.teams import visible_task_lists
+from waves.teams import team_rule
 
 
 def visible_runs(user):
     """The runs of the task lists `user` may see."""
-    return ExecutionRun.objects.filter(task_list__in=visible_task_lists(user))
+    return ExecutionRun.objects.filter(team_rule(user, "task_list"))
 
 
 def visible_waves(user):
     """The waves of the runs `user` may see."""
-    return ParallelExecutionWave.objects.filter(execution__task_list__in=visible_task_lists(user))
+    return ParallelExecutionWave.objects.filter(team_rule(user, "execution__task_list"))
 
 
 def wave_tasks_named(wave: ParallelExecutionWave, key: str):

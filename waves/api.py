@@ -141,6 +141,8 @@ class TaskListViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return (
             visible_task_lists(self.request.user)
             .select_related("team")
+            # The normalised definition (about 0.5 KB a step) is not shown: not read either.
+            .defer("definition")
             .annotate(task_count=Count("tasks"))
             .order_by("-id")
         )

@@ -18,7 +18,6 @@ from executions.models import (
     BuildAgentInstance,
     ConcurrentExecutionSession,
     Event,
-    ExecutionRun,
     SessionStatus,
     TaskStatus,
     TaskStatusAudit,
@@ -63,7 +62,7 @@ class _Agents:
 
 class RunAgentsView(_Agents, _RunRecords):
     def records(self, run):
-        return selectors.active_agents(ExecutionRun.objects.filter(pk=run.pk))
+        return selectors.visible_active_agents(self.request.user, run)
 
     @extend_schema(
         summary="A run's running agents, oldest first (seed 000 §7.2)",
@@ -88,7 +87,7 @@ class AgentsView(_Agents, generics.ListAPIView):
     filterset_class = AgentFilter
 
     def get_queryset(self):
-        return selectors.active_agents(selectors.visible_runs(self.request.user))
+        return selectors.visible_active_agents(self.request.user)
 
     @extend_schema(
         summary="Running agents of every run you may see, oldest first (seed 000 §7.2)",
