@@ -191,3 +191,22 @@ def path_id(name: str, what: str) -> OpenApiParameter:
     return OpenApiParameter(
         name, str, OpenApiParameter.PATH, pattern="^[^/]+$", description=f"{what} (a whole number)"
     )
+
+
+# Responses every endpoint can give, whatever its view declares: DRF answers an anonymous
+# request 401 when it carries a `Token` header it cannot use and 403 otherwise, and a write
+# without its model permission 403. Added to the schema by `declare_auth_errors`.
+AUTH_ERRORS = {
+    "401": "not authenticated: a bad or missing `Authorization: Token` header",
+    "403": "not authenticated (no session, no token), or a write without its model permission",
+}
+
+
+def declare_auth_errors(result, generator, request, public):
+    """drf-spectacular post-processing hook: every operation documents AUTH_ERRORS."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                for code, description in AUTH_ERRORS.items():
+                    operation["responses"].setdefault(code, {"description": description})
+    return result

@@ -42,3 +42,13 @@ def test_the_docs_are_public_and_the_data_is_not():
     assert Client().get("/api/v2/docs/").status_code == 200
     assert Client().get("/api/v2/task-lists/").status_code in (401, 403)
     assert User.objects.count() == 0
+
+
+def test_every_operation_declares_the_auth_errors_it_can_give(superuser):
+    client = Client()
+    client.force_login(superuser)
+    schema = client.get("/api/v2/schema/", HTTP_ACCEPT="application/json").json()
+    operations = [op for path in schema["paths"].values() for op in path.values() if isinstance(op, dict)]
+    assert all({"401", "403"} <= set(op["responses"]) for op in operations), [
+        op["operationId"] for op in operations if not {"401", "403"} <= set(op["responses"])
+    ]
