@@ -42,3 +42,18 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check --extend-exclude '$(VENV)' .
+
+# The browser libraries of the dashboards, from the npm registry, as listed (with their
+# versions) in observability/static/tidewatch/vendor/VERSIONS.
+VENDOR := observability/static/tidewatch/vendor
+.PHONY: vendor
+vendor:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	grep -v '^#' $(VENDOR)/VERSIONS | while read -r pkg ver files; do \
+		[ -n "$$pkg" ] || continue; \
+		echo "$$pkg $$ver"; \
+		curl -fsSL "https://registry.npmjs.org/$$pkg/-/$$pkg-$$ver.tgz" | tar -xz -C "$$tmp"; \
+		rm -rf $(VENDOR)/$$pkg; mkdir -p $(VENDOR)/$$pkg; \
+		for f in $$files; do cp "$$tmp/package/$$f" $(VENDOR)/$$pkg/; done; \
+		rm -rf "$$tmp/package"; \
+	done

@@ -8,8 +8,13 @@ assertions and skill traces). Django imports this module after executions' admin
 module imports it first anyway), so the replacement always finds the original registered.
 """
 
-from django.contrib import admin
+import json
+
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from executions import admin as executions_admin
 from executions.admin import (
@@ -21,6 +26,7 @@ from executions.admin import (
     seconds,
 )
 from executions.models import BuildAgentInstance, ExecutionRun, ParallelExecutionWave, WaveTask
+from observability import dashboards
 from observability.models import (
     ActiveAgent,
     AssertionResult,
@@ -30,6 +36,8 @@ from observability.models import (
     WaveProgress,
     WaveStatistics,
 )
+from waves.models import TaskList
+from waves.selectors import task_list_plan
 
 
 @admin.register(TranscriptEntry)
@@ -195,6 +203,10 @@ def transcript_of(text, **filters):
     return changelist_link("observability_transcriptentry", text, **filters)
 
 
+def dashboard_link(name, text, *args, query=""):
+    return format_html('<a href="{}{}">{}</a>', reverse(f"admin:{name}", args=args), query, text)
+
+
 class RunAdmin(executions_admin.ExecutionRunAdmin):
     record_links = (
         *executions_admin.ExecutionRunAdmin.record_links,
@@ -203,6 +215,12 @@ class RunAdmin(executions_admin.ExecutionRunAdmin):
         ("observability_assertionresult", "assertions"),
         ("observability_skilltrace", "skill traces"),
     )
+    list_display = (*executions_admin.ExecutionRunAdmin.list_display, "live")
+    readonly_fields = ("live", *executions_admin.ExecutionRunAdmin.readonly_fields)
+
+    @admin.display(description="live view")
+    def live(self, obj):
+        return "-" if obj.pk is None else dashboard_link("dashboard_run", "live view", obj.pk)
 
 
 class WaveTaskInline(executions_admin.WaveTaskInline):
@@ -226,10 +244,18 @@ class WaveAdmin(executions_admin.ParallelExecutionWaveAdmin):
     list_select_related = ("statistics",)
     inlines = [WaveTaskInline]
     readonly_fields = (
+        "live",
         *executions_admin.ParallelExecutionWaveAdmin.readonly_fields,
         "transcript_link",
         "tool_uses_link",
     )
+
+    @admin.display(description="live view")
+    def live(self, obj):
+        if obj.pk is None:
+            return "-"
+        anchor = f"#tw-wave-{obj.wave_number}"
+        return dashboard_link("dashboard_run", "the run's live view", obj.execution_id, query=anchor)
 
     @staticmethod
     def _stat(obj, name):
@@ -281,3 +307,81 @@ _replace(ExecutionRun, RunAdmin)
 _replace(ParallelExecutionWave, WaveAdmin)
 _replace(WaveTask, WaveTaskAdmin)
 _replace(BuildAgentInstance, AgentAdmin)
+
+
+# --- links to the dashboards, and steering ----------------------------------------------------
+
+dashboards.install(admin.site)
+
+
+class TaskListAdmin(executions_admin.TaskListAdmin):
+    """Task lists with "Run now" (a form for max parallelism and schedule, then the run's live
+    view), and the definition shown read-only: the plan, and the JSON, pretty."""
+
+    actions = [*executions_admin.TaskListAdmin.actions, "run_now"]
+    exclude = ("definition",)
+    readonly_fields = (
+        "dashboards",
+        *executions_admin.TaskListAdmin.readonly_fields,
+        "plan",
+        "definition_json",
+    )
+
+    @admin.action(description="Run now (choose max parallelism and schedule)", permissions=["start"])
+    def run_now(self, request, queryset):
+        lists = list(queryset.order_by("id")[:2])
+        if len(lists) != 1:
+            self.message_user(request, "Select one task list to run.", messages.WARNING)
+            return None
+        return HttpResponseRedirect(reverse("admin:dashboard_run_now", args=[lists[0].pk]))
+
+    @admin.display(description="dashboards")
+    def dashboards(self, obj):
+        if obj.pk is None:
+            return "-"
+        links = [dashboard_link("dashboard_concurrency", "concurrency timeline", query=f"?workflow={obj.pk}")]
+        if obj.archived_at is None:
+            links.insert(0, dashboard_link("dashboard_run_now", "Run now…", obj.pk))
+        latest = obj.runs.order_by("-id").values_list("pk", flat=True).first()
+        if latest:
+            links.append(dashboard_link("dashboard_run", f"latest run ({latest}), live", latest))
+        return format_html_join(" · ", "{}", ((link,) for link in links))
+
+    @admin.display(description="plan")
+    def plan(self, obj):
+        if obj.pk is None:
+            return "-"
+        plan = task_list_plan(obj)
+        critical = set(plan.analysis.critical_path)
+        rows = format_html_join(
+            "",
+            "<tr><th>wave {}</th><td>{}</td></tr>",
+            (
+                (
+                    number,
+                    format_html_join(
+                        ", ", "{}", ((format_html("<b>{}</b>", k) if k in critical else k,) for k in wave)
+                    ),
+                )
+                for number, wave in enumerate(plan.analysis.waves, 1)
+            ),
+        )
+        return format_html(
+            "<table>{}</table><p>Width {}; critical path (bold) {}; about {} min at {} in parallel, "
+            "{} min one after another.</p>",
+            rows,
+            plan.analysis.width,
+            " → ".join(plan.analysis.critical_path),
+            f"{plan.estimated_total:.0f}",
+            plan.max_parallelism,
+            f"{plan.serial_total:.0f}",
+        )
+
+    @admin.display(description="definition (read-only: re-import the file to change it)")
+    def definition_json(self, obj):
+        return format_html(
+            '<pre class="tw-json">{}</pre>', json.dumps(obj.definition, indent=2, sort_keys=False)
+        )
+
+
+_replace(TaskList, TaskListAdmin)
