@@ -12,7 +12,14 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# The web server keeps its PostgreSQL connections in a pool (no effect on SQLite): see DB_POOL
+# in config/settings.py. Set for the settings only: executors it spawns keep one connection.
+pool_unset = "TIDEWATCH_DB_POOL" not in os.environ
+if pool_unset:
+    os.environ["TIDEWATCH_DB_POOL"] = "16"
 django_asgi_app = get_asgi_application()  # sets Django up before the routing imports models
+if pool_unset:
+    del os.environ["TIDEWATCH_DB_POOL"]
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

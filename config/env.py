@@ -52,8 +52,11 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def database_from_url(name: str, url: str, base_dir: Path) -> dict:
-    """Turn `sqlite:///path` or `postgres://user:pass@host:port/db` into a DATABASES entry."""
+def database_from_url(name: str, url: str, base_dir: Path, *, pool: int = 0) -> dict:
+    """Turn `sqlite:///path` or `postgres://user:pass@host:port/db` into a DATABASES entry.
+
+    `pool` > 0 keeps up to that many PostgreSQL connections open in a pool (psycopg_pool)
+    instead of opening one per request: the web server's choice (config/asgi.py)."""
     parts = urlsplit(url)
     options = dict(parse_qsl(parts.query))
     if parts.scheme == "sqlite":
@@ -71,6 +74,8 @@ def database_from_url(name: str, url: str, base_dir: Path) -> dict:
             port = parts.port
         except ValueError:
             raise ImproperlyConfigured(f"{name}={url!r} has a bad port")
+        if pool:
+            options["pool"] = {"min_size": 1, "max_size": pool, "timeout": 30}
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": db,

@@ -72,7 +72,11 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'tidewatch.sqlite3'}")
-DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL, BASE_DIR)}
+# TIDEWATCH_DB_POOL > 0: a pool of up to that many PostgreSQL connections. daphne sets it
+# (config/asgi.py): under ASGI every request runs in a new thread, and a new connection cost
+# more than most requests' queries. Executors and workers keep one connection each.
+DB_POOL = env_int("TIDEWATCH_DB_POOL", 0, minimum=0)
+DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL, BASE_DIR, pool=DB_POOL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")

@@ -125,3 +125,28 @@ def test_in_memory_layer_is_fine_in_debug_and_redis_is_fine_in_production(settin
 def test_w001_is_a_deploy_check_only(settings):
     settings.DEBUG, settings.CHANNEL_LAYERS = False, IN_MEMORY
     assert [m for m in run_checks() if m.id == "tidewatch.W001"] == []
+
+
+def test_a_pool_size_pools_postgres_connections_and_leaves_sqlite_alone():
+    db = database_from_url("DATABASE_URL", "postgres://tw@db.example/tidewatch", BASE, pool=16)
+    assert db["OPTIONS"]["pool"]["max_size"] == 16 and db["CONN_MAX_AGE"] == 0
+    assert "pool" not in database_from_url("DATABASE_URL", "postgres://tw@db.example/tidewatch", BASE)["OPTIONS"]
+    assert "pool" not in database_from_url("DATABASE_URL", "sqlite:////tmp/x/db.sqlite3", BASE, pool=16)["OPTIONS"]
+
+
+def test_the_web_server_pools_its_connections_and_what_it_spawns_does_not(tmp_path):
+    """config.asgi turns the pool on for its own settings only: an executor the server spawns
+    (a run started over the API) does not inherit TIDEWATCH_DB_POOL."""
+    script = (
+        "import os, config.asgi; from django.conf import settings; "
+        "print(settings.DATABASES['default']['OPTIONS'].get('pool', {}).get('max_size'), "
+        "os.environ.get('TIDEWATCH_DB_POOL'))"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": "postgres://tw@127.0.0.1:1/never_connected",
+        "TIDEWATCH_VAR_DIR": str(tmp_path),
+    }
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["16", "None"]
