@@ -70,3 +70,87 @@ def test_every_dashboard_opens_and_draws(page, shots):
     assert bars == 3  # wave 0 of each of the three runs
     page.screenshot(path=shots / "wave-timeline.png", full_page=True)
     assert page.errors == []
+
+
+WORKFLOW = """\
+name: browser-run
+max_parallelism: 2
+steps:
+  - id: first
+    template: build
+    run: sleep 1
+  - id: second
+    template: build
+    run: sleep 1
+  - id: third
+    template: check
+    depends_on: [first, second]
+    run: sleep 1
+  - id: publish
+    template: ship
+    depends_on: third
+    approval: true
+    run: "true"
+"""
+
+
+def test_a_run_started_from_the_admin_goes_live_and_its_gate_is_approved(page, shots, tmp_path):
+    from django.core.management import call_command
+
+    from executions import services
+    from executions.models import ExecutionRun, RunStatus
+
+    path = tmp_path / "browser-run.yaml"
+    path.write_text(WORKFLOW)
+    call_command("import_tasklist", str(path), stdout=open("/dev/null", "w"))
+    base = page.base
+    try:
+        # "Run now" from the task lists' page, through its form, to the live run view.
+        page.goto(base + "/admin/waves/tasklist/")
+        page.check("input[name=_selected_action]")
+        page.select_option("select[name=action]", "run_now")
+        page.click("button[name=index]")
+        page.fill("#id_max_parallelism", "2")
+        page.select_option("#id_schedule", "fifo")
+        page.click("#tw-run-now input[type=submit]")
+        page.wait_for_selector("#tw-run[data-ready='1']")
+        run = ExecutionRun.objects.get(task_list__title="browser-run")
+        assert page.url.endswith(f"/admin/dashboards/runs/{run.pk}/")
+        page.evaluate("window.twMarker = 'same page'")
+        assert page.locator(".tw-node").count() == 4
+
+        # Nodes change colour and counts move, with no reload.
+        page.wait_for_selector(".tw-node.st-running, .tw-node.st-succeeded", timeout=60_000)
+        page.wait_for_function("Number(document.getElementById('tw-done').textContent) >= 3", timeout=60_000)
+        page.wait_for_selector("#tw-approvals:not([hidden]) button.tw-approve", timeout=60_000)
+        assert page.evaluate("window.twMarker") == "same page"
+        assert page.locator(".tw-node.st-succeeded").count() == 3
+        assert page.locator(".tw-node.st-waiting_approval").count() == 1
+        gantt = page.evaluate("Chart.getChart(document.getElementById('tw-gantt')).data")
+        assert len(gantt["datasets"]) == 2 and len(gantt["labels"]) >= 3
+        page.screenshot(path=shots / "run-view.png", full_page=True)
+
+        # The gate's button approves it; the run then succeeds, live.
+        page.click("button.tw-approve")
+        page.wait_for_selector("#tw-run[data-ready='1']")
+        page.wait_for_function(
+            "document.getElementById('tw-run-status').textContent === 'succeeded'", timeout=60_000
+        )
+        assert page.locator(".tw-node.st-succeeded").count() == 4
+
+        # The concurrency timeline of the run exports its CSV.
+        page.goto(f"{base}/admin/dashboards/concurrency/?execution={run.pk}&workflow={run.task_list_id}")
+        page.wait_for_selector("#tw-concurrency[data-drawn]")
+        page.select_option("select[name=time_range]", "1h")
+        page.select_option("select[name=granularity]", "30s")
+        page.wait_for_function("document.getElementById('tw-concurrency').dataset.drawn >= '2'")
+        with page.expect_download() as download:
+            page.click("#tw-csv")
+        text = open(download.value.path()).read()
+        assert text.startswith("timestamp,task_template_name,concurrent_count")
+        assert "build" in text, (page.get_attribute("#tw-csv", "href"), text)
+        page.screenshot(path=shots / "concurrency.png", full_page=True)
+        assert page.errors == []
+    finally:
+        for left in ExecutionRun.objects.filter(status__in=[RunStatus.PENDING, RunStatus.RUNNING]):
+            services.run_request_cancel(left, actor="test")

@@ -57,7 +57,17 @@
       c.update();
     }
 
+    let quiet = false; // resetZoom() also calls onZoomComplete: not a user's zoom
+    function unzoom() {
+      win = null;
+      if (!chart) return;
+      quiet = true;
+      chart.resetZoom("none");
+      quiet = false;
+    }
+
     function zoomed({ chart: c }) {
+      if (quiet) return;
       const { min, max } = c.scales.x;
       let g = "1h";
       for (const [name, s] of Object.entries(SECONDS)) {
@@ -133,13 +143,12 @@
       form.addEventListener("change", (e) => {
         if (e.target.name === "total") { if (last) draw(last); return; }
         if (e.target.name === "start" || e.target.name === "end") field("time_range").value = "";
-        win = null;
-        if (chart) chart.resetZoom("none");
+        unzoom();
         load();
       });
     }
     const reset = root.querySelector("#tw-reset-zoom");
-    if (reset) reset.addEventListener("click", () => { win = null; chart.resetZoom("none"); load(); });
+    if (reset) reset.addEventListener("click", () => { unzoom(); load(); });
     const png = root.querySelector("#tw-png");
     if (png) png.addEventListener("click", () => {
       const a = TW.el("a", { href: chart.toBase64Image(), download: "task_concurrency.png" });

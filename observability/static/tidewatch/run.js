@@ -157,6 +157,10 @@ document.addEventListener("DOMContentLoaded", () => {
     const queued = rows.map((t) => (t.queued && (t.started || now) > t.queued ? [t.queued, t.started || now] : null));
     const running = rows.map((t) => (t.started ? [t.started, t.ended || now] : null));
     const colours = rows.map((t) => TW.STATUS_COLOURS[t.status] || TW.STATUS_COLOURS.running);
+    // The time axis of floating bars is given its bounds: left alone it starts at 0 (1970).
+    const ends = [...queued, ...running].filter(Boolean);
+    const xmin = Math.min(...ends.map((b) => b[0]));
+    const xmax = Math.max(...ends.map((b) => b[1]));
     $("tw-gantt-box").style.height = Math.max(140, rows.length * 14 + 70) + "px";
     if (!gantt) {
       gantt = new Chart($("tw-gantt"), {
@@ -167,7 +171,10 @@ document.addEventListener("DOMContentLoaded", () => {
         ] },
         options: {
           indexAxis: "y", responsive: true, maintainAspectRatio: false, animation: false,
-          scales: { x: { type: "time", position: "top" }, y: { ticks: { autoSkip: true, font: { size: 10 } } } },
+          scales: {
+            x: { type: "time", position: "top", min: xmin, max: xmax, ticks: { maxRotation: 0, autoSkipPadding: 24 } },
+            y: { ticks: { autoSkip: false, font: { size: 10 } } },
+          },
           plugins: { legend: { position: "bottom" }, tooltip: { callbacks: {
             label: (c) => c.dataset.label + ": " + TW.duration((c.raw[1] - c.raw[0]) / 1000),
           } } },
@@ -178,6 +185,8 @@ document.addEventListener("DOMContentLoaded", () => {
       gantt.data.datasets[0].data = queued;
       gantt.data.datasets[1].data = running;
       gantt.data.datasets[1].backgroundColor = colours;
+      gantt.options.scales.x.min = xmin;
+      gantt.options.scales.x.max = xmax;
       gantt.update("none");
     }
   }

@@ -14,6 +14,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const labels = rows.map((w) => w.task_list + " · run " + w.run + " · wave " + w.wave + " (" + w.tasks + " tasks)");
     const bars = rows.map((w) => [w.started, w.ended || data.now]);
     const colours = rows.map((w) => palette[lists.indexOf(w.task_list + " (run " + w.run + ")") % palette.length]);
+    // The time axis of floating bars is given its bounds: left alone it starts at 0 (1970).
+    const xmin = Math.min(...bars.map((b) => b[0]));
+    const xmax = Math.max(...bars.map((b) => b[1]));
     document.getElementById("tw-waves-box").style.height = Math.max(160, rows.length * 22 + 80) + "px";
     if (!chart) {
       chart = new Chart(document.getElementById("tw-waves-chart"), {
@@ -21,7 +24,7 @@ document.addEventListener("DOMContentLoaded", () => {
         data: { labels, datasets: [{ label: "waves", data: bars, backgroundColor: colours }] },
         options: {
           indexAxis: "y", responsive: true, maintainAspectRatio: false, animation: false,
-          scales: { x: { type: "time", position: "top" } },
+          scales: { x: { type: "time", position: "top", min: xmin, max: xmax, ticks: { maxRotation: 0, autoSkipPadding: 24 } } },
           plugins: { legend: { display: false }, tooltip: { callbacks: {
             label: (c) => TW.duration((c.raw[1] - c.raw[0]) / 1000),
           } } },
@@ -31,6 +34,8 @@ document.addEventListener("DOMContentLoaded", () => {
       chart.data.labels = labels;
       chart.data.datasets[0].data = bars;
       chart.data.datasets[0].backgroundColor = colours;
+      chart.options.scales.x.min = xmin;
+      chart.options.scales.x.max = xmax;
       chart.update("none");
     }
     root.dataset.drawn = "1";
