@@ -43,7 +43,10 @@ class RunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_url(self, run) -> str:
-        return self.context["request"].build_absolute_uri(reverse("api:execution-detail", args=[run.pk]))
+        # The list's address once per serializer, not a reverse() per row (a tenth of a page).
+        if not hasattr(self, "_runs_url"):
+            self._runs_url = self.context["request"].build_absolute_uri(reverse("api:execution-list"))
+        return f"{self._runs_url}{run.pk}/"
 
     def get_speedup(self, run) -> float | None:
         return selectors.speedup(run)
