@@ -93,7 +93,10 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The celery backend (config/celery.py): the broker (redis://... or amqp://...) and the queue
+# of tasks whose template names none. Workers: `celery -A config worker -Q tidewatch`.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "tidewatch")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

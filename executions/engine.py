@@ -196,10 +196,12 @@ class Engine:
             self._capture(node, "event", line)
         stopping = self.stop_reason or self.sched.cancelling
         killed = event.exit_code is not None and event.exit_code < 0 and stopping
-        cancelled = event.exit_code != 0 and (event.cancelled or bool(killed))
+        cancelled = event.exit_code != 0 and (event.cancelled or bool(killed)) and not event.lost
         error = None
         if not cancelled:
-            if event.error:
+            if event.lost:
+                error = event.error or "lost"
+            elif event.error:
                 error = event.error
             elif event.timed_out:
                 error = f"timed out after {node.task.timeout_s}s"
@@ -207,11 +209,14 @@ class Engine:
                 error = f"exit code {event.exit_code}"
             elif event.output_error:
                 error = event.output_error
-        status = AgentStatus.CANCELLED if cancelled else AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
+        status = (
+            AgentStatus.CANCELLED if cancelled else AgentStatus.LOST if event.lost
+            else AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
+        )  # fmt: skip
         if node.agent is not None:
             ended = max(when(event.at, self.now), node.agent.started_at)
             self.writes.agent_finished(node.agent, status, event.exit_code, ended)
-        outcome = f"failed: {error}" if error else status
+        outcome = f"lost: {error}" if event.lost else f"failed: {error}" if error else status
         self._system(node, f"attempt {node.wt.attempt} {outcome} after {seconds:.2f}s")
         node.wt.exit_code = event.exit_code
         self._apply(
@@ -222,6 +227,7 @@ class Engine:
                 retry=not event.error,  # a command that cannot start will not start next time
                 outputs=event.outputs or {},
                 now=time.monotonic(),
+                lost=event.lost,
             )
         )
 
@@ -405,6 +411,7 @@ class Engine:
             speedup=self.task_seconds / working if working > 0 else 0.0,
             critical_path_seconds=self._critical_path_seconds(),
             waves=len(self.writes.waves),
-            tasks={k: counts[k] for k in (S.SUCCEEDED, S.FAILED, S.SKIPPED, S.CANCELLED)},
+            tasks={k: counts[k] for k in (S.SUCCEEDED, S.FAILED, S.SKIPPED, S.CANCELLED)}
+            | ({S.LOST: counts[S.LOST]} if counts[S.LOST] else {}),  # a worker lost (celery backend)
             peak_concurrency=self.peak,
         )

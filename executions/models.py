@@ -292,6 +292,65 @@ class Event(models.Model):
         return f"#{self.pk} {self.type}"
 
 
+class RemoteAttempt(models.Model):
+    """An attempt sent to a Celery worker, and what the worker reports of it.
+
+    The executor inserts it (queued) and sends the task; the worker claims it with a
+    conditional UPDATE (queued -> running: a message delivered twice runs once), heartbeats
+    on it, writes its lines and ends it (running -> finished, with the result). The executor
+    reads all of it from here, and marks an attempt whose heartbeat went stale as lost."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+        CANCELLED = "cancelled", "Cancelled before it started"
+        LOST = "lost", "Lost"
+
+    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="remote_attempts")
+    key = models.CharField(max_length=220)
+    attempt = models.PositiveIntegerField()
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
+    queue = models.CharField(max_length=200, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)  # the Celery task's id
+    worker = models.CharField(max_length=255, blank=True)  # host:pid of the process running it
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)  # the attempt's process (group)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    lines = models.PositiveIntegerField(default=0)  # lines written so far (RemoteLine.seq up to it)
+    # How it ended: the fields of runners.base.Finished as JSON text (text: an event line may
+    # hold a NUL, which a JSON column refuses and JSON text keeps escaped).
+    result = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "remote_attempts"
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "key", "attempt"], name="remote_attempt_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.key}#{self.attempt} of run {self.execution_id} ({self.state})"
+
+
+class RemoteLine(models.Model):
+    """A line an attempt on a worker printed (or a note from the worker), in order."""
+
+    attempt = models.ForeignKey(RemoteAttempt, on_delete=models.CASCADE, related_name="output")
+    seq = models.PositiveIntegerField()
+    stream = models.CharField(max_length=10)
+    text = models.TextField()
+
+    class Meta:
+        db_table = "remote_attempt_lines"
+        constraints = [models.UniqueConstraint(fields=["attempt", "seq"], name="remote_line_unique")]
+
+    def __str__(self):
+        return f"{self.attempt_id}:{self.seq} {self.stream}"
+
+
 __all__ = [
     "AgentStatus",
     "Backend",
@@ -300,6 +359,8 @@ __all__ = [
     "Event",
     "ExecutionRun",
     "ParallelExecutionWave",
+    "RemoteAttempt",
+    "RemoteLine",
     "RunStatus",
     "SessionStatus",
     "TaskStatus",

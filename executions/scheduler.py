@@ -162,13 +162,17 @@ class Scheduler:
         retry: bool = True,
         outputs: Any = None,
         now: float = 0.0,
+        lost: bool = False,
     ) -> list[Decision]:
-        """An attempt ended: succeeded (no error), failed with `error`, or was cancelled."""
+        """An attempt ended: succeeded (no error), failed with `error`, was cancelled, or
+        was lost with what ran it (`error` says how; a resume runs it again)."""
         step = self.steps[key]
         self._reserve(step, -1)
         if cancelled:
             reason = f"cancelled by {self.cancelling or 'signal'}"
             self._settle(step, S.CANCELLED, reason, actor=self.cancelling)
+        elif lost:
+            self._settle(step, S.LOST, error, error=error)
         elif error:
             if retry and step.tries <= step.d.retries and not self.cancelling:
                 self._set(key, S.QUEUED, Queue(key, f"retry {step.tries}/{step.d.retries} after {error}"))

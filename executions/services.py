@@ -80,6 +80,8 @@ def _options(max_parallelism, backend, simulate, schedule) -> None:
         raise ServiceError(f"max_parallelism must be a whole number from 1 to {MAX_PARALLELISM}")
     if backend not in Backend.values:
         raise ServiceError(f"unknown backend {backend!r} (use {' or '.join(Backend.values)})")
+    if backend == Backend.CELERY and not settings.CELERY_BROKER_URL:
+        raise ServiceError("the celery backend needs CELERY_BROKER_URL (redis://HOST:6379/0 or amqp://...)")
     if simulate is not None and not (
         isinstance(simulate, int | float) and math.isfinite(simulate) and 0 < simulate <= SIMULATE_MAX
     ):

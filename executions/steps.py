@@ -150,4 +150,5 @@ def launch_spec(run: ExecutionRun, node: Node, ctx: dict, iteration: int, durati
         inputs=resolve_value(task.inputs or {}, ctx),
         env=env,
         timeout_s=task.timeout_s,
+        queue=task.template.queue or None,
     )

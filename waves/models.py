@@ -17,6 +17,9 @@ class TaskTemplate(models.Model):
     description = models.TextField(blank=True)
     # At most this many tasks of the template run at once in one run (None: no limit).
     max_concurrency = models.PositiveIntegerField(null=True, blank=True)
+    # The Celery queue its tasks go to with the celery backend ("": the default queue), so
+    # heavy templates can have workers of their own.
+    queue = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -10,7 +10,8 @@ processes to itself; what comes back is a stream of events from `poll()`:
   `launch()` returned, because a remote worker starts it later and elsewhere.
 - `Output`: a line it printed (`stdout`, `stderr`) or a note from the runner (`system`).
 - `Finished`: how it ended, its outputs and its `$TIDEWATCH_EVENTS` lines. An attempt that
-  could not be started at all finishes with `exit_code=None` and `error` saying why.
+  could not be started at all finishes with `exit_code=None` and `error` saying why; one
+  whose worker vanished, with `lost=True`.
   `launch()` never raises for something about the attempt itself.
 """
 
@@ -58,6 +59,7 @@ class Finished:
     exit_code: int | None  # None: it never started (see error) or its end was not seen
     timed_out: bool = False
     cancelled: bool = False  # terminated on request (terminate / terminate_all)
+    lost: bool = False  # whatever ran it vanished (a worker whose heartbeat went stale); see error
     outputs: dict | None = None
     output_error: str | None = None  # $TIDEWATCH_OUTPUT was written but cannot be used
     events: list[str] = field(default_factory=list)  # lines of $TIDEWATCH_EVENTS, capped

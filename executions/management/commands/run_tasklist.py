@@ -1,4 +1,4 @@
-"""python manage.py run_tasklist ID_OR_NAME [--max-parallelism N] [--backend local] [--resume RUN_ID]
+"""python manage.py run_tasklist ID_OR_NAME [--max-parallelism N] [--backend local|celery] [--resume RUN_ID]
 [--simulate SCALE] [--schedule critical_path|fifo] [--json]
 
 Parses arguments, lays the run out (executions.services.run_start / run_resume), runs it
@@ -57,7 +57,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-parallelism", type=bounded_int, help="slots (default: the task list's, else 4)"
         )
-        parser.add_argument("--backend", choices=["local"], default=None)
+        parser.add_argument(
+            "--backend",
+            choices=["local", "celery"],
+            default=None,
+            help="local processes (default), or Celery workers through CELERY_BROKER_URL",
+        )
         parser.add_argument("--resume", type=run_id, metavar="RUN_ID", help="re-run what did not succeed")
         parser.add_argument(
             "--simulate",
