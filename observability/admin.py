@@ -380,7 +380,8 @@ class TaskListAdmin(executions_admin.TaskListAdmin):
     @admin.display(description="definition (read-only: re-import the file to change it)")
     def definition_json(self, obj):
         return format_html(
-            '<pre class="tw-json">{}</pre>', json.dumps(obj.definition, indent=2, sort_keys=False)
+            '<pre class="tw-json" style="max-height: 30em; overflow: auto; white-space: pre">{}</pre>',
+            json.dumps(obj.definition, indent=2, sort_keys=False),
         )
 
 

@@ -9,7 +9,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const keys = new Map(); // wave task id -> step key
   const waveNumbers = new Map(); // wave id -> wave number
   let peak = 0;
-  const ICON = { running: "🟢 Running", succeeded: "✅ Completed", failed: "❌ Failed", lost: "⚠ Lost", cancelled: "⏹ Cancelled" };
+  const WORD = { running: "Running", succeeded: "Completed", failed: "Failed", lost: "Lost", cancelled: "Cancelled" };
 
   function draw() {
     const box = document.getElementById("tw-lists");
@@ -43,7 +43,7 @@ document.addEventListener("DOMContentLoaded", () => {
           const end = a.status === "running" ? now : TW.ms(a.completed_at) || now;
           const li = TW.el("li", { "data-status": a.status });
           li.append(TW.el("span", {}, a.instance_id + ": " + (a.task_key || keys.get(a.wave_task_id) || "step " + a.wave_task_id)),
-            TW.el("span", {}, (ICON[a.status] || a.status) + " (" + TW.duration((end - TW.ms(a.started_at)) / 1000) + ")"));
+            TW.el("span", { class: "tw-status st-" + a.status }, (WORD[a.status] || a.status) + " (" + TW.duration((end - TW.ms(a.started_at)) / 1000) + ")"));
           ul.appendChild(li);
         }
         card.appendChild(ul);
