@@ -6,6 +6,10 @@ both win), and writes for each change its `task_status_audit` row and its event-
 the same transaction. A row found in another status is not touched: it is reported back
 (`Moved.lost`) for the caller to act on, never overwritten. `wave_tasks_create()` writes
 the first status of new rows the same way.
+
+Bulk moves stay cheap per row: the rows are locked and updated with one statement each
+(on PostgreSQL the ids go as one array parameter), and on PostgreSQL, outside
+`records.batch()`, the audit and event rows are written with COPY.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from executions import records
 from executions.capture import StatusChange
 from executions.models import (
     AgentStatus,
@@ -87,23 +93,37 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
     """Audit rows, event rows, session counters and the signal for applied changes."""
     if not changes:
         return
-    audits_write(
-        [
-            TaskStatusAudit(
-                wave_task_id=wt.pk,
-                task_id=wt.task_id,
-                execution_id=wt.execution_id,
-                attempt=wt.attempt,
-                previous_status=previous,
-                new_status=wt.status,
-                changed_at=now,
-                actor=actor,
-                reason=(reason or None) and reason[:500],
-            )
-            for wt, previous in changes
-        ]
-    )
-    events_write([task_event(wt, previous, actor, reason, now) for wt, previous in changes], now)
+    reason = (reason or None) and reason[:500]
+    events = [task_event(wt, previous, actor, reason, now) for wt, previous in changes]
+    if connection.vendor == "postgresql" and records._pending() is None:  # outside records.batch()
+        # Many rows at once: COPY costs a fraction of an INSERT's building and parsing.
+        _copy(
+            TaskStatusAudit,
+            AUDIT_COLUMNS,
+            (
+                (wt.pk, wt.task_id, wt.execution_id, wt.attempt, previous, wt.status, now, actor, reason)
+                for wt, previous in changes
+            ),
+        )
+        _copy(Event, EVENT_COLUMNS, ((ex, type_, json.dumps(p), now) for ex, type_, p in events))
+    else:
+        audits_write(
+            [
+                TaskStatusAudit(
+                    wave_task_id=wt.pk,
+                    task_id=wt.task_id,
+                    execution_id=wt.execution_id,
+                    attempt=wt.attempt,
+                    previous_status=previous,
+                    new_status=wt.status,
+                    changed_at=now,
+                    actor=actor,
+                    reason=reason,
+                )
+                for wt, previous in changes
+            ]
+        )
+        events_write(events, now)
     running_delta: dict[int, int] = defaultdict(int)
     for wt, previous in changes:
         running_delta[wt.execution_id] += (wt.status == S.RUNNING) - (previous == S.RUNNING)
@@ -117,6 +137,21 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
             for wt, previous in changes
         ],
     )
+
+
+AUDIT_COLUMNS = (
+    "wave_task_id", "task_id", "execution_id", "attempt", "previous_status", "new_status", "changed_at", "actor",
+    "reason",
+)  # fmt: skip
+EVENT_COLUMNS = ("execution_id", "type", "payload", "created_at")
+
+
+def _copy(model, columns, rows) -> None:
+    """Append rows to the model's table with PostgreSQL's COPY."""
+    sql = f"COPY {connection.ops.quote_name(model._meta.db_table)} ({', '.join(columns)}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def wave_tasks_create(
@@ -167,7 +202,7 @@ def transition(
             by_pk = {wt.pk: wt for wt in chunk}
             current = (
                 WaveTask.objects.select_for_update()
-                .filter(pk__in=by_pk)
+                .filter(pk__in=pks_in(by_pk))
                 .values_list("pk", "status")
                 .order_by("pk")
             )
@@ -195,13 +230,25 @@ def update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> No
     """UPDATE objects that each carry their own values of `own_fields`: one plain UPDATE per
     distinct set of values (a batch mostly shares them: exit code 0, the same outputs),
     cheaper than bulk_update's CASE per row."""
+    own_fields = list(own_fields)
+    if not own_fields:
+        model.objects.filter(pk__in=pks_in([obj.pk for obj in objs])).update(**common)
+        return
     groups: dict[str, tuple[dict, list[int]]] = {}
     for obj in objs:
         values = {name: getattr(obj, name) for name in own_fields}
         key = json.dumps(values, sort_keys=True, default=str)
         groups.setdefault(key, (values, []))[1].append(obj.pk)
     for values, pks in groups.values():
-        model.objects.filter(pk__in=pks).update(**common, **values)
+        model.objects.filter(pk__in=pks_in(pks)).update(**common, **values)
+
+
+def pks_in(pks: Iterable[int]):
+    """The right side of a `pk__in`: on PostgreSQL one array parameter instead of one parameter
+    per id (10,000 ids: a quarter of a second less to build and parse)."""
+    if connection.vendor == "postgresql":
+        return RawSQL("SELECT unnest(%s::bigint[])", [list(pks)])
+    return list(pks)
 
 
 # --- waves and agents ------------------------------------------------------------------------
