@@ -13,7 +13,8 @@ transaction: a batch reads the next ids through the primary key, then deletes th
 id range that go. Nothing else is locked, and nothing waits on a writer: executors only
 insert rows (changed or created now, after any cut-off), and a batch deletes only rows
 older than the cut-off, so both run at once. Ids above the newest row older than the
-cut-off are never visited.
+cut-off are never visited. (Finding that row reads the audit's index on `changed_at`; the
+event log has no index on `created_at`, so for events it is one sequential read.)
 
 Event clients that resume after an id older than the oldest kept event (`?after=N` on the
 event-log endpoint or the websockets) get every kept event after N: the pruned ones are
