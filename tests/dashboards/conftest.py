@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = os.environ.get("TIDEWATCH_CHROMIUM", "/usr/bin/chromium")
@@ -85,9 +86,11 @@ def page(server, monkeypatch, settings):
             # Chromium asks for /favicon.ico, which the project does not serve: not a page error.
             tab.on(
                 "console",
-                lambda m: m.type == "error"
-                and not m.location.get("url", "").endswith("/favicon.ico")
-                and tab.errors.append(f"{m.text} {m.location}"),
+                lambda m: (
+                    m.type == "error"
+                    and not m.location.get("url", "").endswith("/favicon.ico")
+                    and tab.errors.append(f"{m.text} {m.location}")
+                ),
             )
             tab.on("pageerror", lambda e: tab.errors.append(str(e)))
             tab.on("response", lambda r: r.status >= 400 and tab.errors.append(f"{r.status} {r.url}"))
@@ -99,6 +102,9 @@ def page(server, monkeypatch, settings):
             tab.wait_for_url(server + "/admin/")
             yield tab
         finally:
+            # The test's queries ran while playwright's loop was running: their connection
+            # belongs to this context, which Django's teardown does not see.
+            connections.close_all()
             browser.close()
 
 

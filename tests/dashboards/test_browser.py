@@ -2,7 +2,9 @@
 and draws its charts; a run started from the admin changes its nodes' colours and counts
 without a reload; a gate is approved with its button; the CSV exports."""
 
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -66,7 +68,9 @@ def test_every_dashboard_opens_and_draws(page, shots):
     page.wait_for_selector("#tw-waves-timeline[data-drawn]")
     chart = drawn(page, "#tw-waves-chart")
     assert chart["datasets"] == 1 and chart["painted"] > 0
-    bars = page.evaluate("Chart.getChart(document.getElementById('tw-waves-chart')).data.datasets[0].data.length")
+    bars = page.evaluate(
+        "Chart.getChart(document.getElementById('tw-waves-chart')).data.datasets[0].data.length"
+    )
     assert bars == 3  # wave 0 of each of the three runs
     page.screenshot(path=shots / "wave-timeline.png", full_page=True)
     assert page.errors == []
@@ -126,8 +130,8 @@ def test_a_run_started_from_the_admin_goes_live_and_its_gate_is_approved(page, s
         assert page.evaluate("window.twMarker") == "same page"
         assert page.locator(".tw-node.st-succeeded").count() == 3
         assert page.locator(".tw-node.st-waiting_approval").count() == 1
-        gantt = page.evaluate("Chart.getChart(document.getElementById('tw-gantt')).data")
-        assert len(gantt["datasets"]) == 2 and len(gantt["labels"]) >= 3
+        page.wait_for_function("Chart.getChart(document.getElementById('tw-gantt')).data.labels.length >= 3")
+        assert page.evaluate("Chart.getChart(document.getElementById('tw-gantt')).data.datasets.length") == 2
         page.screenshot(path=shots / "run-view.png", full_page=True)
 
         # The gate's button approves it; the run then succeeds, live.
@@ -154,3 +158,18 @@ def test_a_run_started_from_the_admin_goes_live_and_its_gate_is_approved(page, s
     finally:
         for left in ExecutionRun.objects.filter(status__in=[RunStatus.PENDING, RunStatus.RUNNING]):
             services.run_request_cancel(left, actor="test")
+        for pid in ExecutionRun.objects.exclude(executor_pid=None).values_list("executor_pid", flat=True):
+            wait_for_exit(pid)
+
+
+def wait_for_exit(pid: int, timeout: float = 30) -> None:
+    """Until the executor process `pid` (the server's child, not ours) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.1)

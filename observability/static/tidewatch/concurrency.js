@@ -126,6 +126,7 @@
       }
       if (info) info.textContent = data.labels.length + " instants × " + data.datasets.length + " series, every " + data.granularity;
       root.dataset.drawn = String(Number(root.dataset.drawn || 0) + 1);
+      performance.mark("tw-drawn");
     }
 
     function load() {

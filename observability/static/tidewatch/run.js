@@ -161,7 +161,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const ends = [...queued, ...running].filter(Boolean);
     const xmin = Math.min(...ends.map((b) => b[0]));
     const xmax = Math.max(...ends.map((b) => b[1]));
-    $("tw-gantt-box").style.height = Math.max(140, rows.length * 14 + 70) + "px";
+    // Grown 20 rows at a time: each change of height is a resize of the chart.
+    $("tw-gantt-box").style.height = Math.max(140, Math.ceil(rows.length / 20) * 20 * 14 + 70) + "px";
     if (!gantt) {
       gantt = new Chart($("tw-gantt"), {
         type: "bar",
@@ -190,7 +191,8 @@ document.addEventListener("DOMContentLoaded", () => {
       gantt.update("none");
     }
   }
-  const scheduleGantt = () => { if (!ganttPending) { ganttPending = true; setTimeout(drawGantt, 300); } };
+  // At most once a second: nodes and counts change at once, the Gantt follows.
+  const scheduleGantt = () => { if (!ganttPending) { ganttPending = true; setTimeout(drawGantt, 1000); } };
 
   // --- live ---
   let snapshotWaves = [];
@@ -214,6 +216,7 @@ document.addEventListener("DOMContentLoaded", () => {
       render();
       scheduleGantt();
       root.dataset.ready = "1";
+      performance.mark("tw-ready");
     },
     event(e) {
       const p = e.payload || {};
@@ -256,6 +259,7 @@ document.addEventListener("DOMContentLoaded", () => {
     for (const t of tasks.values()) if (!byId.has(t.id)) order.push(t);
     ganttRows = order.filter((t) => t.kind !== "group");
     drawGantt();
+    performance.mark("tw-gantt");
   });
 
   setInterval(() => {
