@@ -153,8 +153,8 @@ def seed_sql() -> list[tuple[str, str]]:
         (
             "task lists and tasks",
             """
-            INSERT INTO task_template (id, name, description, created_at)
-                SELECT g, 'bench-template-' || g, '', now() FROM generate_series(1, 20) g;
+            INSERT INTO task_template (id, name, description, queue, created_at)
+                SELECT g, 'bench-template-' || g, '', '', now() FROM generate_series(1, 20) g;
             INSERT INTO task_lists_v2 (id, title, description, max_parallelism, source_path, source_format,
                                        definition, created_at, team_id)
                 SELECT l, 'bench list ' || lpad(l::text, 3, '0'), '', {per_wave}, '', 'workflow', '{{}}',

@@ -149,8 +149,8 @@ def seed(conn, tasks: int, days: int, now: datetime) -> dict:
     cur.execute("INSERT INTO auth_group (name) VALUES ('bench-concurrency') RETURNING id")
     team = cur.fetchone()[0]
     cur.execute(
-        "INSERT INTO task_template (name, description, created_at) "
-        "SELECT unnest(%s::text[]), '', now() RETURNING id",
+        "INSERT INTO task_template (name, description, queue, created_at) "
+        "SELECT unnest(%s::text[]), '', '', now() RETURNING id",
         (TEMPLATES,),
     )
     template_ids = [row[0] for row in cur.fetchall()]
