@@ -13,6 +13,7 @@ import json
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -25,7 +26,13 @@ from executions.admin import (
     changelist_link,
     seconds,
 )
-from executions.models import BuildAgentInstance, ExecutionRun, ParallelExecutionWave, WaveTask
+from executions.models import (
+    BuildAgentInstance,
+    ConcurrentExecutionSession,
+    ExecutionRun,
+    ParallelExecutionWave,
+    WaveTask,
+)
 from observability import dashboards
 from observability.models import (
     ActiveAgent,
@@ -36,6 +43,7 @@ from observability.models import (
     WaveProgress,
     WaveStatistics,
 )
+from waves.management.commands.plan_tasklist import render_mermaid
 from waves.models import TaskList
 from waves.selectors import task_list_plan
 
@@ -324,8 +332,10 @@ class TaskListAdmin(executions_admin.TaskListAdmin):
         "dashboards",
         *executions_admin.TaskListAdmin.readonly_fields,
         "plan",
+        "graph",
         "definition_json",
     )
+    GRAPH_MAX_NODES = 200
 
     @admin.action(description="Run now (choose max parallelism and schedule)", permissions=["start"])
     def run_now(self, request, queryset):
@@ -347,11 +357,18 @@ class TaskListAdmin(executions_admin.TaskListAdmin):
             links.append(dashboard_link("dashboard_run", f"latest run ({latest}), live", latest))
         return format_html_join(" · ", "{}", ((link,) for link in links))
 
+    @staticmethod
+    def _plan(obj):
+        """The list's plan, computed once for the page's plan and graph."""
+        if not hasattr(obj, "_plan"):
+            obj._plan = task_list_plan(obj)
+        return obj._plan
+
     @admin.display(description="plan")
     def plan(self, obj):
         if obj.pk is None:
             return "-"
-        plan = task_list_plan(obj)
+        plan = self._plan(obj)
         critical = set(plan.analysis.critical_path)
         rows = format_html_join(
             "",
@@ -377,6 +394,20 @@ class TaskListAdmin(executions_admin.TaskListAdmin):
             f"{plan.serial_total:.0f}",
         )
 
+    @admin.display(description="graph")
+    def graph(self, obj):
+        if obj.pk is None:
+            return "-"
+        plan = self._plan(obj)
+        if len(plan.analysis.nodes) > self.GRAPH_MAX_NODES:
+            return f"{len(plan.analysis.nodes)} steps: too many to draw (the plan above lists them)."
+        return format_html(
+            '<pre class="tw-mermaid">{}</pre><script src="{}"></script><script src="{}"></script>',
+            render_mermaid(plan),
+            static("tidewatch/vendor/mermaid/mermaid.min.js"),
+            static("tidewatch/tasklist.js"),
+        )
+
     @admin.display(description="definition (read-only: re-import the file to change it)")
     def definition_json(self, obj):
         return format_html(
@@ -385,4 +416,14 @@ class TaskListAdmin(executions_admin.TaskListAdmin):
         )
 
 
+class SessionAdmin(executions_admin.ConcurrentExecutionSessionAdmin):
+    list_display = (*executions_admin.ConcurrentExecutionSessionAdmin.list_display, "timeline")
+    readonly_fields = ("timeline",)
+
+    @admin.display(description="wave timeline")
+    def timeline(self, obj):
+        return "-" if obj.pk is None else dashboard_link("dashboard_session_waves", "wave timeline", obj.pk)
+
+
 _replace(TaskList, TaskListAdmin)
+_replace(ConcurrentExecutionSession, SessionAdmin)

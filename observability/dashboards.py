@@ -28,6 +28,7 @@ from concurrency import selectors as concurrency_selectors
 from concurrency.api import ConcurrencyQuery
 from executions import selectors, services
 from executions.models import ExecutionRun, ParallelExecutionWave
+from waves.models import TaskTemplate
 from waves.selectors import task_list_plan
 from waves.teams import visible_task_lists
 
@@ -260,7 +261,10 @@ def concurrency_view(request):
         "Concurrency timeline",
         charts=True,
         task_lists=visible_task_lists(request.user).filter(archived_at__isnull=True).order_by("title"),
-        templates=concurrency_selectors.TaskTemplate.objects.order_by("name").values_list("name", flat=True),
+        templates=TaskTemplate.objects.filter(tasks__task_list__in=visible_task_lists(request.user))
+        .distinct()
+        .order_by("name")
+        .values_list("name", flat=True),
         granularities=list(concurrency_selectors.GRANULARITIES),
         time_ranges=list(concurrency_selectors.TIME_RANGES),
         execution=request.GET.get("execution", ""),

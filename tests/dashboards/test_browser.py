@@ -154,6 +154,11 @@ def test_a_run_started_from_the_admin_goes_live_and_its_gate_is_approved(page, s
         assert text.startswith("timestamp,task_template_name,concurrent_count")
         assert "build" in text, (page.get_attribute("#tw-csv", "href"), text)
         page.screenshot(path=shots / "concurrency.png", full_page=True)
+
+        # The list's page draws its plan as a Mermaid graph.
+        page.goto(f"{base}/admin/waves/tasklist/{run.task_list_id}/change/")
+        page.wait_for_selector(".tw-mermaid[data-drawn] svg")
+        assert page.locator(".tw-mermaid svg .node").count() == 4
         assert page.errors == []
     finally:
         for left in ExecutionRun.objects.filter(status__in=[RunStatus.PENDING, RunStatus.RUNNING]):

@@ -12,7 +12,7 @@ from executions import transitions
 from executions.models import ExecutionRun, RunStatus, TaskStatus, WaveTask
 from tests.admin_fixtures import populate
 from tests.factories import run_with_waves, task_list
-from waves.models import TaskList
+from waves.models import TaskList, TaskTemplate
 
 pytestmark = pytest.mark.django_db
 
@@ -197,8 +197,24 @@ def test_the_admin_links_to_the_dashboards(client, teams):
             reverse("admin:executions_parallelexecutionwave_change", args=[wave.pk])
         ).content.decode()
     )
+    session = client.get(
+        reverse("admin:executions_concurrentexecutionsession_change", args=[red_run.session_id])
+    ).content.decode()
+    assert reverse("admin:dashboard_session_waves", args=[red_run.session_id]) in session
     page = client.get(reverse("admin:waves_tasklist_change", args=[red_list.pk])).content.decode()
     assert reverse("admin:dashboard_run_now", args=[red_list.pk]) in page
     assert 'class="tw-json"' in page and "critical path" in page
+    assert 'class="tw-mermaid"' in page and "flowchart TD" in page
     assert 'name="definition"' not in page  # read-only, not a textarea
     assert json.dumps(red_list.definition, indent=2)[:1] in page
+
+
+def test_the_template_filter_offers_only_the_teams_templates(client, teams):
+    user, red_list, _, blue_list, _ = teams
+    client.force_login(user)
+    offered = set(client.get(reverse("admin:dashboard_concurrency")).context["templates"])
+    ours = set(red_list.tasks.values_list("template__name", flat=True))
+    assert offered == ours
+    TaskTemplate.objects.create(name="blue-only")
+    blue_list.tasks.filter(key="t0").update(template=TaskTemplate.objects.get(name="blue-only"))
+    assert "blue-only" not in client.get(reverse("admin:dashboard_concurrency")).context["templates"]
