@@ -46,6 +46,12 @@ def test_every_dashboard_opens_and_draws(page, shots):
     assert page.locator(".tw-node").count() == run.wave_tasks.count()
     chart = drawn(page, "#tw-gantt")
     assert chart["datasets"] == 2 and chart["painted"] > 0
+    page.emulate_media(color_scheme="dark")  # the admin's dark theme: the same page, its variables
+    page.reload()
+    page.wait_for_selector("#tw-run[data-ready='1']")
+    page.wait_for_function("Chart.getChart(document.getElementById('tw-gantt'))")
+    page.screenshot(path=shots / "run-view-dark.png", full_page=True)
+    page.emulate_media(color_scheme="light")
 
     page.goto(f"{base}/admin/dashboards/concurrency/?execution={run.pk}")
     page.wait_for_selector("#tw-concurrency[data-drawn]")
