@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 from concurrency import selectors as concurrency_selectors
 from concurrency.api import ConcurrencyQuery
 from executions import selectors, services
-from executions.models import ExecutionRun, ParallelExecutionWave
+from executions.models import Backend, ExecutionRun, ParallelExecutionWave
 from waves.models import TaskTemplate
 from waves.selectors import task_list_plan
 from waves.teams import visible_task_lists
@@ -138,13 +138,23 @@ def run_action(request, run_id: int, action: str):
                 messages.warning(request, f"Run {run.pk} had already ended ({run.status}).")
         elif action == "resume":
             target = services.run_resume(run)
-            services.run_spawn(target)
+            spawn(target, request)
             messages.success(request, f"Run {run.pk} resumed as run {target.pk}.")
         else:
             raise Http404(f"no action {action!r}")
-    except services.ServiceError as exc:
+    except (services.ServiceError, OSError) as exc:
         messages.error(request, str(exc))
     return HttpResponseRedirect(reverse("admin:dashboard_run", args=[target.pk]))
+
+
+def spawn(run: ExecutionRun, request) -> None:
+    """Start the detached executor (`manage.py execute_run`) of a laid-out run; when it cannot
+    start, the run is cancelled (nothing would claim it) and the error goes on."""
+    try:
+        services.run_spawn(run)
+    except OSError as exc:
+        services.run_request_cancel(run, actor=request.user.get_username())
+        raise OSError(f"could not start an executor for run {run.pk}: {exc}") from exc
 
 
 # --- run now: the intermediate form of the task lists' action ----------------------------------
@@ -153,6 +163,11 @@ def run_action(request, run_id: int, action: str):
 class RunNowForm(forms.Form):
     max_parallelism = forms.IntegerField(min_value=1, max_value=services.MAX_PARALLELISM, required=False)
     schedule = forms.ChoiceField(choices=[(s, s) for s in services.SCHEDULES], initial="critical_path")
+    backend = forms.ChoiceField(
+        choices=Backend.choices,
+        initial=Backend.LOCAL,
+        help_text="celery: the tasks run on Celery workers (CELERY_BROKER_URL and running workers)",
+    )
     simulate = forms.FloatField(
         required=False,
         min_value=0.001,
@@ -169,8 +184,8 @@ def run_now(request, task_list_id: int):
     if request.method == "POST" and form.is_valid():
         try:
             run = services.run_start(task_list, **form.cleaned_data)
-            services.run_spawn(run)
-        except services.ServiceError as exc:
+            spawn(run, request)
+        except (services.ServiceError, OSError) as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"{task_list.title}: run {run.pk} started.")

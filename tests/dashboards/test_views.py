@@ -132,14 +132,35 @@ def test_run_now_starts_a_run_and_leads_to_its_live_view(client, teams, monkeypa
     user, red_list, _, _, _ = teams
     client.force_login(user)
     url = reverse("admin:dashboard_run_now", args=[red_list.pk])
-    response = client.post(url, {"max_parallelism": 3, "schedule": "fifo", "simulate": "0.01"})
+    response = client.post(
+        url, {"max_parallelism": 3, "schedule": "fifo", "simulate": "0.01", "backend": "local"}
+    )
     run = ExecutionRun.objects.order_by("-id").first()
     assert response.status_code == 302 and response["Location"] == reverse(
         "admin:dashboard_run", args=[run.pk]
     )
     assert spawned == [run.pk] and (run.max_parallelism, run.schedule) == (3, "fifo")
-    response = client.post(url, {"max_parallelism": 0, "schedule": "fifo"})
+    response = client.post(url, {"max_parallelism": 0, "schedule": "fifo", "backend": "local"})
     assert response.status_code == 200 and b"errorlist" in response.content
+
+
+def test_run_now_says_when_no_executor_can_start_and_cancels_the_run(client, teams, monkeypatch):
+    from executions import services
+
+    def fail(run):
+        raise OSError("no such file")
+
+    monkeypatch.setattr(services, "run_spawn", fail)
+    user, red_list, _, _, _ = teams
+    client.force_login(user)
+    url = reverse("admin:dashboard_run_now", args=[red_list.pk])
+    response = client.post(url, {"schedule": "fifo", "simulate": "0.01", "backend": "local"})
+    run = ExecutionRun.objects.order_by("-id").first()
+    assert (
+        response.status_code == 200
+        and f"could not start an executor for run {run.pk}" in response.content.decode()
+    )
+    assert run.status == RunStatus.CANCELLED or run.cancel_requested_at is not None
 
 
 def test_the_run_now_action_goes_to_the_form(client, teams):
