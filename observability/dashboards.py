@@ -12,6 +12,9 @@ install(site) adds the URLs to the admin site (observability/admin.py calls it).
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
+from urllib.parse import urlencode
+
 from chartjs.views.base import JSONView
 from chartjs.views.lines import BaseLineChartView
 from django import forms
@@ -81,6 +84,7 @@ def run_view(request, run_id: int):
         urls={
             "ws": f"/ws/executions/{run.pk}/",
             "gantt": reverse("admin:dashboard_run_gantt", args=[run.pk]),
+            "concurrency": run_window(run),
             "approve": reverse("admin:dashboard_run_action", args=[run.pk, "approve"]),
             "reject": reverse("admin:dashboard_run_action", args=[run.pk, "reject"]),
             "wave": reverse("admin:executions_parallelexecutionwave_change", args=[0]),
@@ -284,7 +288,30 @@ def concurrency_view(request):
         time_ranges=list(concurrency_selectors.TIME_RANGES),
         execution=request.GET.get("execution", ""),
         workflow=request.GET.get("workflow", ""),
+        time_range=request.GET.get("time_range", "6h"),
+        granularity=request.GET.get("granularity", "minute"),
+        start=request.GET.get("start", ""),
+        end=request.GET.get("end", ""),
     )
+
+
+def run_window(run: ExecutionRun) -> str:
+    """The concurrency page's query for a run: from a minute before it started to a minute
+    after it ended (or now), at the finest resolution that stays within 2,000 instants."""
+    utc = "%Y-%m-%dT%H:%M"
+    start = (run.started_at or run.created_at) - timedelta(minutes=1)
+    end = run.completed_at + timedelta(minutes=1) if run.completed_at else None
+    span = ((end or timezone.now()) - start).total_seconds()
+    fine = [g for g, seconds in concurrency_selectors.GRANULARITIES.items() if span / seconds <= 2000]
+    query = {
+        "execution": run.pk,
+        "workflow": run.task_list_id,
+        "time_range": "",
+        "granularity": fine[0] if fine else "1h",
+        "start": start.astimezone(UTC).strftime(utc),
+        "end": end.astimezone(UTC).strftime(utc) if end else "",
+    }
+    return f"{reverse('admin:dashboard_concurrency')}?{urlencode(query)}"
 
 
 def fleet_view(request):

@@ -3,6 +3,7 @@ answers, the team rule holds (another team's run is 404), login is required, the
 views call the services, and the admin links to the dashboards."""
 
 import json
+from datetime import UTC, timedelta
 
 import pytest
 from django.contrib.auth.models import Group, Permission, User
@@ -239,3 +240,14 @@ def test_the_template_filter_offers_only_the_teams_templates(client, teams):
     TaskTemplate.objects.create(name="blue-only")
     blue_list.tasks.filter(key="t0").update(template=TaskTemplate.objects.get(name="blue-only"))
     assert "blue-only" not in client.get(reverse("admin:dashboard_concurrency")).context["templates"]
+
+
+def test_the_run_views_concurrency_link_frames_the_run(client, teams):
+    user, _, red_run, _, _ = teams
+    client.force_login(user)
+    link = client.get(reverse("admin:dashboard_run", args=[red_run.pk])).context["urls"]["concurrency"]
+    start = (red_run.started_at - timedelta(minutes=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    assert f"execution={red_run.pk}" in link and "granularity=30s" in link and "time_range=&" in link
+    assert "start=" + start.replace(":", "%3A") in link
+    page = client.get(link).content.decode()
+    assert f'name="start" value="{start}"' in page and '<option value="" selected>custom</option>' in page

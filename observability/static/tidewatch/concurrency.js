@@ -156,10 +156,10 @@
       document.body.appendChild(a); a.click(); a.remove();
     });
 
-    // Live: a task moving refreshes the chart (at most every 2 s) unless it shows a chosen window.
+    // Live: a task moving refreshes the chart (at most every 2 s) while its window ends now.
     let pending = false;
     function refresh() {
-      if (pending || win || !value("time_range", "6h")) return;
+      if (pending || win || value("end")) return;
       pending = true;
       setTimeout(() => { pending = false; load(); }, 2000);
     }
