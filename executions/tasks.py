@@ -13,7 +13,8 @@ process dies, even by kill -9), and writes everything to the attempt's RemoteAtt
 
 Each write is conditional on the row still being this process's running attempt: once the
 executor marked it lost, nothing more is recorded and its process group is killed. A cancel
-(the attempt's flag, or the run's cancel request) terminates the group within a second.
+(the attempt's flag, or the run's cancel request) terminates the group within a second, and
+so does the end of the run (an executor that died: its run closed by whoever noticed).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from django.db import transaction
 from django.db.models.functions import Now
 
 from config.celery import app
-from executions.models import RemoteAttempt, RemoteLine
+from executions.models import RemoteAttempt, RemoteLine, RunStatus
 from executions.runners.base import Finished, LaunchSpec, Output, Started
 from executions.runners.local import KILL_GRACE_SECONDS, LocalRunner
 
@@ -57,9 +58,14 @@ def run_attempt(attempt_id: int, spec: dict) -> str:
 def execute_attempt(attempt_id: int, spec: LaunchSpec) -> str:
     """Run the attempt if it is still queued; returns what happened, for the worker's log."""
     me = f"{socket.gethostname()}:{os.getpid()}"
-    claimed = RemoteAttempt.objects.filter(pk=attempt_id, state=A.QUEUED, cancel_requested=False).update(
-        state=A.RUNNING, worker=me, heartbeat=Now()
+    run_status = (
+        RemoteAttempt.objects.filter(pk=attempt_id).values_list("execution__status", flat=True).first()
     )
+    # One table, no join: a join would make Django UPDATE ... WHERE id IN (SELECT ...), and
+    # PostgreSQL does not re-check such a subquery when two claims wait on the same row.
+    claimed = run_status == RunStatus.RUNNING and RemoteAttempt.objects.filter(
+        pk=attempt_id, state=A.QUEUED, cancel_requested=False
+    ).update(state=A.RUNNING, worker=me, heartbeat=Now())
     if not claimed:
         return f"attempt {spec.handle} of run {spec.run_id} not run: it is no longer queued"
     mine = RemoteAttempt.objects.filter(pk=attempt_id, state=A.RUNNING, worker=me)
@@ -96,12 +102,14 @@ def execute_attempt(attempt_id: int, spec: LaunchSpec) -> str:
                 return f"attempt {spec.handle} of run {spec.run_id}: exit {finished.exit_code}"
             if now >= next_check and not stopping:
                 next_check = now + CHECK_SECONDS
-                asked, run_cancel = (
+                asked, run_cancel, run_status = (
                     RemoteAttempt.objects.filter(pk=attempt_id)
-                    .values_list("cancel_requested", "execution__cancel_requested_at")
+                    .values_list("cancel_requested", "execution__cancel_requested_at", "execution__status")
                     .get()
                 )
-                if asked or run_cancel:
+                # A run closed under it (its executor died and the run was reaped) ends it too,
+                # as the local runner's watchdog would: a resume must not find it still running.
+                if asked or run_cancel or run_status != RunStatus.RUNNING:
                     runner.terminate(spec.handle)
                     stopping = True
     except BaseException:
