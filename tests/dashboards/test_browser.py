@@ -52,6 +52,10 @@ def test_every_dashboard_opens_and_draws(page, shots):
     page.wait_for_function("Chart.getChart(document.getElementById('tw-gantt'))")
     page.screenshot(path=shots / "run-view-dark.png", full_page=True)
     page.emulate_media(color_scheme="light")
+    page.wait_for_function("Chart.defaults.color === '#666'")  # the light theme's quiet colour
+    page.evaluate("document.documentElement.dataset.theme = 'dark'")  # what the admin's toggle does
+    page.wait_for_function("Chart.defaults.color === '#d0d0d0'")  # the dark theme's
+    page.evaluate("document.documentElement.dataset.theme = 'auto'")
 
     page.goto(f"{base}/admin/dashboards/concurrency/?execution={run.pk}")
     page.wait_for_selector("#tw-concurrency[data-drawn]")

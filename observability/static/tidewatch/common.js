@@ -9,12 +9,20 @@ window.TW = (function () {
   }
   STATUS_COLOURS.waiting_approval = css("--tw-waiting");
 
+  /* Chart.js in the admin's colours; again, with every chart redrawn, when the admin's theme
+     toggle (html[data-theme]) or the system's scheme changes. */
   function theme() {
     if (!window.Chart) return;
-    Chart.defaults.color = css("--body-quiet-color") || "#666";
-    Chart.defaults.borderColor = css("--hairline-color") || "#ddd";
+    const apply = () => {
+      Chart.defaults.color = css("--body-quiet-color") || "#666";
+      Chart.defaults.borderColor = css("--hairline-color") || "#ddd";
+      for (const chart of Object.values(Chart.instances)) chart.update("none");
+    };
     Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
     Chart.defaults.animation = false;
+    apply();
+    new MutationObserver(apply).observe(document.documentElement, { attributes: true, attributeFilter: ["data-theme"] });
+    matchMedia("(prefers-color-scheme: dark)").addEventListener("change", apply);
   }
 
   /* Open `path`; handlers.snapshot(message) on connect, handlers.event(event) for each event.
