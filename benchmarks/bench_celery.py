@@ -3,14 +3,23 @@
     .venv/bin/python benchmarks/bench_celery.py --database-url postgres://postgres@127.0.0.1:5432/tw_bench \
         [--broker redis://127.0.0.1:6379/12] [--tasks 200] [--workers 2] [--pool solo] [--concurrency 1] \
         [--max-parallelism 8] [--sleep 0] [--repeat 3]
+    .venv/bin/python benchmarks/bench_celery.py --database-url ... --soak 8 [--tasks 40] [--sleep 0.05]
 
 Each repetition: a fresh PostgreSQL database (dropped and created) and var dir, the DAG
 imported once (`--tasks` independent tasks running `true`, or `sleep S` with --sleep), then
 `run_tasklist ID --json` with the local runner and with `--backend celery`, the latter
 against `--workers` Celery workers (`celery -A config worker -P POOL -c N`) started for it on
 a queue of its own, each with its own var dir, and stopped by pid afterwards. Reports tasks
-per second of the run's own wall (`wall_seconds`), medians over the repetitions. Not a test:
-it prints and exits 0 once it ran.
+per second of the run's own wall (`wall_seconds`), medians over the repetitions.
+
+`--soak N`: N task lists (each `--tasks` tasks in 4 levels, printing a line and an event
+each) run at once by N separate executor processes, on the local runner and then on Celery,
+each backend in a fresh database. Reports tasks per second over the whole (all tasks / first
+start to last end), and checks what was recorded: every task's audit rows replay to its
+status, wave statistics equal `recompute_statistics`, and the runs share one session whose
+peak of agents equals the most agents whose recorded lifetimes overlap.
+
+Not a test: it prints and exits 0 once it ran.
 """
 
 from __future__ import annotations
@@ -71,6 +80,117 @@ def run(box, task_list_id: str, par: int, *extra: str) -> dict:
     return result
 
 
+CHECK = r"""
+import json, os, sys
+from collections import defaultdict
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import django
+django.setup()
+from django.forms.models import model_to_dict
+from executions.models import BuildAgentInstance, ExecutionRun, TaskStatusAudit, WaveTask
+from observability import services
+from observability.models import WaveStatistics
+
+ids = json.loads(sys.argv[1])
+history = defaultdict(list)
+for wt, prev, new in TaskStatusAudit.objects.filter(execution_id__in=ids).order_by("id").values_list(
+    "wave_task_id", "previous_status", "new_status"
+):
+    history[wt].append((prev, new))
+broken = 0
+for wt in WaveTask.objects.filter(execution_id__in=ids):
+    status = None
+    for prev, new in history[wt.pk]:
+        broken += prev != status
+        status = new
+    broken += status != wt.status
+def stats():
+    rows = WaveStatistics.objects.filter(execution_id__in=ids).order_by("wave_id")
+    return [model_to_dict(r, exclude=["id", "updated_at"]) for r in rows]
+before = stats()
+for i in ids:
+    services.statistics_recompute(execution_id=i)
+sessions = set(ExecutionRun.objects.filter(pk__in=ids).values_list("session_id", flat=True))
+points = []
+for a in BuildAgentInstance.objects.filter(execution_id__in=ids):
+    points += [(a.started_at, 1), (a.completed_at, -1)]
+peak = cur = 0
+for _, d in sorted(points, key=lambda p: (p[0], p[1])):
+    cur += d
+    peak = max(peak, cur)
+from executions.models import ConcurrentExecutionSession as C
+recorded = [s.peak_concurrent_agents for s in C.objects.filter(pk__in=sessions)]
+print(json.dumps({"audit_breaks": broken, "statistics_equal": before == stats() and bool(before),
+                  "sessions": len(sessions), "session_peak": recorded, "overlap_peak": peak}))
+"""
+
+
+def soak_steps(tasks: int, sleep: float) -> list[Step]:
+    """`tasks` steps in 4 levels, each depending on the whole previous level."""
+    width = max(1, tasks // 4)
+    out: list[Step] = []
+    for level in range(4):
+        prev = [f"l{level - 1}_{i}" for i in range(width)] if level else []
+        for i in range(width):
+            command = (
+                f"echo step {level}.{i}; "
+                """echo '{"type": "assertion", "name": "ok", "passed": true}' >> "$TIDEWATCH_EVENTS"; """
+                + (f"sleep {sleep:g}" if sleep else "true")
+            )
+            out.append(Step(f"l{level}_{i}", sleep, prev, command))
+    return out
+
+
+def soak(db: Database, args, backend: str) -> None:
+    box = sandbox(db, f"soak-{backend}")
+    box.env.update(CELERY_BROKER_URL=args.broker, CELERY_TASK_DEFAULT_QUEUE=f"soak-{uuid.uuid4().hex[:8]}")
+    steps = soak_steps(args.tasks, args.sleep)
+    ids = []
+    for n in range(args.soak):
+        wf = write_workflow(box.workdir / f"soak{n}.yaml", f"soak{n}", steps, args.max_parallelism)
+        proc = box.manage("import_tasklist", str(wf), "--name", f"soak{n}")
+        if proc.returncode:
+            raise BenchError(f"import_tasklist failed:\n{proc.stderr[-2000:]}")
+        ids.append(proc.stdout.splitlines()[0].strip())
+    workers = start_workers(box.env, box.workdir, args.workers, args.pool, args.concurrency) if backend == "celery" else []
+    try:
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [PYTHON, str(ROOT / "manage.py"), "run_tasklist", i, "--backend", backend, "--json"],
+                cwd=ROOT, env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            for i in ids
+        ]
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=1800)
+            try:
+                results.append(json.loads(out.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                raise BenchError(f"run_tasklist printed no JSON ({proc.returncode}):\n{err[-2000:]}") from None
+        outer = time.perf_counter() - start
+    finally:
+        stop(workers)
+    runs = [r["run_id"] for r in results]
+    check = subprocess.run(
+        [PYTHON, "-c", CHECK, json.dumps(runs)], cwd=ROOT, env=box.env, capture_output=True, text=True
+    )
+    if check.returncode:
+        raise BenchError(f"the checks failed to run:\n{check.stderr[-2000:]}")
+    found = json.loads(check.stdout.strip().splitlines()[-1])
+    total = len(steps) * args.soak
+    ok = sum(r["status"] == "succeeded" for r in results)
+    print(
+        f"{backend}: {args.soak} lists x {len(steps)} tasks by {args.soak} executors, {ok} succeeded; "
+        f"{total / outer:.0f} tasks/s over {outer:.1f}s (executor processes' start included); "
+        f"audit breaks {found['audit_breaks']}, statistics equal to recompute: {found['statistics_equal']}, "
+        f"sessions {found['sessions']} (peak agents recorded {found['session_peak']}, "
+        f"from the agents' lifetimes {found['overlap_peak']})",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True, help="postgres://user@host:port/NAME (dropped and created)")
@@ -82,10 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="processes per worker (prefork)")
     parser.add_argument("--max-parallelism", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--soak", type=int, default=0, metavar="N", help="N task lists at once (see above)")
     args = parser.parse_args(argv)
     db = Database(args.database_url)
     if db.vendor != "postgresql":
         parser.error("the celery backend needs PostgreSQL: workers share the database")
+    if args.soak:
+        soak(db, args, "local")
+        soak(db, args, "celery")
+        return 0
     steps = [Step(f"t{i}", args.sleep) for i in range(args.tasks)]
     local, remote = [], []
     for rep in range(1, args.repeat + 1):
