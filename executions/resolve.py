@@ -230,7 +230,10 @@ def render_command(command: str, ctx: dict) -> str:
     result is bounded by COMMAND_MAX_BYTES and holds no NUL character."""
     places = shell.contexts(command)
     budget = _Budget(COMMAND_MAX_BYTES, "the command", strict=True)
-    return _substitute(command, ctx, budget, lambda value, i: quote_for(places[i], value))
+    rendered = _substitute(command, ctx, budget, lambda value, i: quote_for(places[i], value))
+    if "<<" in rendered and (problem := shell.mangled_heredoc_line(rendered)):
+        raise ResolveError(problem)
+    return rendered
 
 
 def expression_problem(expression: str) -> str | None:

@@ -609,6 +609,8 @@ def _parse_step(raw: dict, sid: str, line, err) -> StepDef:
             raise e(f"{r.text} is only available in a step with 'repeat'")
     if isinstance(s.command, str) and any(c.kind == shell.BACKQUOTE for c in shell.contexts(s.command)):
         raise e(f"run: {shell.UNSAFE}")
+    if isinstance(s.command, str) and "<<" in s.command and (problem := shell.mangled_heredoc_line(s.command)):
+        raise e(f"run: {problem}")
     implied = [r.step for r in found_refs if r.kind == "steps"]
     s.depends_on = list(dict.fromkeys(deps + implied))
     return s

@@ -46,8 +46,37 @@ def _heredoc_word(text: str, i: int) -> tuple[Context, int]:
 
 def contexts(command: str) -> list[Context]:
     """One Context per REF_RE match of `command`, in order."""
+    return _scan(command)[0]
+
+
+def mangled_heredoc_line(command: str) -> str | None:
+    """Why /bin/sh would not print a line of one of `command`'s here-documents as written, or
+    None. dash (Debian's /bin/sh) drops a byte of a body line that starts with part of the
+    delimiter followed by a non-ASCII character: under <<EOF, "Eé" prints "E" and a stray
+    byte. No quoting helps inside a here-document, so such a command is refused."""
+    for context, line in _scan(command)[1]:
+        if _dash_mangles(line.lstrip("\t") if context.strip_tabs else line, context.delimiter):
+            return (
+                f"the here-document line {line[:40]!r} starts with part of its delimiter "
+                f"{context.delimiter!r} followed by a non-ASCII character, which /bin/sh (dash) "
+                "does not print as written: choose a delimiter that no line starts with"
+            )
+    return None
+
+
+def _dash_mangles(line: str, delimiter: str) -> bool:
+    a, b = line.encode(), delimiter.encode()
+    k = 0
+    while k < len(a) and k < len(b) and a[k] == b[k]:
+        k += 1
+    return 0 < k < len(a) and a[k] >= 0x80
+
+
+def _scan(command: str) -> tuple[list[Context], list[tuple[Context, str]]]:
+    """The Context of each reference, and every here-document body line with its Context."""
     refs = {m.start(): m.end() for m in REF_RE.finditer(command)}
     found: list[Context] = []
+    lines: list[tuple[Context, str]] = []
     stack = [WORD]  # WORD, SINGLE, DOUBLE, BACKQUOTE, or "(" (inside $( ) or a subshell)
     pending: list[Context] = []  # here-documents whose body starts at the next newline
     i, n = 0, len(command)
@@ -94,15 +123,15 @@ def contexts(command: str) -> list[Context]:
             pending.append(context)
             continue
         elif c == "\n" and pending:
-            i = _bodies(command, i + 1, pending, refs, found)
+            i = _bodies(command, i + 1, pending, refs, found, lines)
             pending = []
             continue
         i += 1
-    return found
+    return found, lines
 
 
-def _bodies(command: str, i: int, pending: list[Context], refs: dict, found: list) -> int:
-    """Skip the here-document bodies that start at `i`, noting the references in them."""
+def _bodies(command: str, i: int, pending: list[Context], refs: dict, found: list, lines: list) -> int:
+    """Skip the here-document bodies that start at `i`, noting their lines and references."""
     for context in pending:
         while i < len(command):
             end = command.find("\n", i)
@@ -112,5 +141,6 @@ def _bodies(command: str, i: int, pending: list[Context], refs: dict, found: lis
                 i = end + 1
                 break
             found.extend(context for start in refs if i <= start < end)
+            lines.append((context, line))
             i = end + 1
     return i

@@ -529,3 +529,39 @@ def test_a_reference_inside_backquotes_is_refused_at_import():
     with pytest.raises(DefinitionError, match=r"step 'b'.*backquotes.*\$\(\.\.\.\)"):
         load_text(text, suffix=".yaml")
     load_text(text.replace("`echo ${steps.a.outputs.x}`", "$(echo ${steps.a.outputs.x})"), suffix=".yaml")
+
+
+def test_a_here_document_line_dash_would_not_print_as_written_is_refused_at_import():
+    """Debian's /bin/sh drops a byte of a here-document line that starts with part of the
+    delimiter followed by a non-ASCII character: such a command is refused, naming the line."""
+    import json
+
+    from waves.loaders import DefinitionError, load_text
+
+    def workflow(run: str) -> str:
+        return json.dumps({"name": "hd", "steps": [{"id": "a", "run": run}]})
+
+    for body in ("Eé", "EOFé", "ok\nEO€"):
+        with pytest.raises(DefinitionError, match=r"step 'a'.*here-document line.*'EOF'.*dash"):
+            load_text(workflow(f"cat <<'EOF'\n{body}\nEOF"), suffix=".json")
+    for body in ("é", "xEé", "OFé", "Ex", "EOF-ascii"):
+        load_text(workflow(f"cat <<'EOF'\n{body}\nEOF"), suffix=".json")
+    load_text(workflow("cat <<-EOF\n\tdone\n\tEOF"), suffix=".json")
+    with pytest.raises(DefinitionError, match="here-document line"):
+        load_text(workflow("cat <<-EOF\n\tEé\n\tEOF"), suffix=".json")
+
+
+@pytest.mark.parametrize("line", ["Eé", "EOFé", "EOé€", "\tEé"])
+def test_dash_really_mangles_those_lines(tmp_path, line):
+    """The rule above is dash's behaviour, not a guess: /bin/sh prints such a line otherwise."""
+    import os
+    import subprocess
+
+    if not os.path.realpath("/bin/sh").endswith("dash"):
+        pytest.skip("/bin/sh is not dash here")
+
+    from waves import shell
+
+    command = f"cat <<-EOF\n{line}\nEOF"
+    printed = subprocess.run(["/bin/sh", "-c", command], capture_output=True, cwd=tmp_path).stdout
+    assert shell.mangled_heredoc_line(command) and printed != (line.lstrip("\t") + "\n").encode()
