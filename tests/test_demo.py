@@ -106,10 +106,17 @@ def test_start_run_lays_out_a_simulated_run_and_names_its_id(monkeypatch, settin
     assert run.task_list.title == "multi_platform"
     assert f"Demo run: run {run.pk} of multi_platform started (executor pid 4242" in out
     assert f"run_status {run.pk} --watch" in out
+    assert f"Watch it live:  http://127.0.0.1:8000/admin/dashboards/runs/{run.pk}/" in out
+
+
+def test_the_live_run_view_the_demo_names_is_the_admins():
+    from django.urls import reverse
+
+    assert reverse("admin:dashboard_run", args=[7]) == "/admin/dashboards/runs/7/"
 
 
 def test_start_run_is_skipped_when_the_demo_example_was_not_imported():
-    assert "was not imported" in tidewatch_demo.Command().start_run(None)
+    assert "was not imported" in tidewatch_demo.Command().start_run(None, "http://127.0.0.1:8000/admin/")
 
 
 def free_port() -> int:

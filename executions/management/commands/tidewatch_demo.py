@@ -78,7 +78,7 @@ class Command(BaseCommand):
         password = os.environ.get("TIDEWATCH_ADMIN_PASSWORD") or None
         created, password_set = admin_ensure(password=password)
         imported = self.import_examples(Path(options["examples"]))
-        run_note = self.start_run(imported.get(DEMO_RUN_EXAMPLE)) if options["start_run"] else None
+        run_note = self.start_run(imported.get(DEMO_RUN_EXAMPLE), options["url"]) if options["start_run"] else None
         self.print_summary(options["url"], created, password_set, from_env=password is not None)
         if run_note:
             self.stdout.write(run_note)
@@ -111,7 +111,7 @@ class Command(BaseCommand):
 
     # --- background run --------------------------------------------------------------------
 
-    def start_run(self, task_list: TaskList | None) -> str:
+    def start_run(self, task_list: TaskList | None, admin_url: str) -> str:
         if task_list is None:
             return f"Demo run: skipped (examples/{DEMO_RUN_EXAMPLE} was not imported)."
         run = services.run_start(task_list, simulate=DEMO_RUN_SIMULATE)
@@ -119,7 +119,8 @@ class Command(BaseCommand):
         log = Path(settings.VAR_DIR) / "runs" / f"run-{run.pk}.log"
         return (
             f"Demo run: run {run.pk} of {task_list.title} started (executor pid {pid}, log {log}).\n"
-            f"  Follow it with: python manage.py run_status {run.pk} --watch"
+            f"  Watch it live:  {admin_url.rstrip('/')}/dashboards/runs/{run.pk}/\n"
+            f"  or in a shell:  python manage.py run_status {run.pk} --watch"
         )
     # --- output ---------------------------------------------------------------------------
 
