@@ -177,7 +177,10 @@ class WaveTask(models.Model):
 
     wave = models.ForeignKey(ParallelExecutionWave, on_delete=models.CASCADE, related_name="wave_tasks")
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="wave_tasks")
-    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="wave_tasks")
+    # Looked up through the (execution, key) unique index: no index of its own.
+    execution = models.ForeignKey(
+        ExecutionRun, on_delete=models.CASCADE, related_name="wave_tasks", db_index=False
+    )
     key = models.CharField(max_length=220)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="instances"
@@ -202,10 +205,9 @@ class WaveTask(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["execution", "key"], name="wave_task_key_unique_in_run"),
         ]
-        indexes = [
-            models.Index(fields=["execution", "status"], name="idx_wave_task_status"),
-            models.Index(fields=["task", "status"], name="idx_wave_task_task_status"),
-        ]
+        # No index on status: every transition updates it, and an updated column that no index
+        # holds lets PostgreSQL update the row in place of its indexes (a HOT update). The
+        # queries on status narrow by run (the unique index) or by task (its FK index) first.
 
     def __str__(self):
         return f"{self.key} (run {self.execution_id})"
@@ -245,9 +247,17 @@ class TaskStatusAudit(models.Model):
     """One row per status change of a task in a run. Replaying a task's rows
     in id order reproduces its history."""
 
-    wave_task = models.ForeignKey(WaveTask, on_delete=models.CASCADE, related_name="audit")
-    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="audit")
-    execution = models.ForeignKey(ExecutionRun, on_delete=models.CASCADE, related_name="audit")
+    # wave_task and task are looked up through idx_audit_wave_task and idx_task_status_audit_task,
+    # which start with them: no index of their own (each costs every audit write). task and
+    # execution are copies of the wave task's, whose own foreign keys check them: no database
+    # constraint here either (a check per row at every commit). on_delete still applies.
+    wave_task = models.ForeignKey(WaveTask, on_delete=models.CASCADE, related_name="audit", db_index=False)
+    task = models.ForeignKey(
+        Task, on_delete=models.PROTECT, related_name="audit", db_index=False, db_constraint=False
+    )
+    execution = models.ForeignKey(
+        ExecutionRun, on_delete=models.CASCADE, related_name="audit", db_constraint=False
+    )
     attempt = models.PositiveIntegerField(default=0)
     previous_status = models.CharField(max_length=20, choices=TaskStatus.choices, null=True, blank=True)
     new_status = models.CharField(max_length=20, choices=TaskStatus.choices)

@@ -2,20 +2,22 @@
 
 Written in the transaction of the change they record. Inside `batch()` (the executor wraps
 each turn of its loop in one) they are gathered and written when the block ends, ordered by
-time: one INSERT for the audit, one for the events and one UPDATE per session, instead of
-one each per change.
+time: one write for the audit, one for the events and one UPDATE per session, instead of
+one each per change. Audit and event rows go as plain tuples (`AUDIT_COLUMNS`, `EVENT_COLUMNS`),
+written with COPY on PostgreSQL and with `bulk_create` elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import contextmanager
 from datetime import datetime
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
+from django.db.models import F, JSONField
 from django.db.models.functions import Greatest
 
 from executions.models import ConcurrentExecutionSession, Event, ExecutionRun, TaskStatusAudit
@@ -26,6 +28,36 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+AUDIT_COLUMNS = (
+    "wave_task_id", "task_id", "execution_id", "attempt", "previous_status", "new_status", "changed_at", "actor",
+    "reason",
+)  # fmt: skip
+EVENT_COLUMNS = ("execution_id", "type", "payload", "created_at")
+AUDIT_TIME, EVENT_TIME = AUDIT_COLUMNS.index("changed_at"), EVENT_COLUMNS.index("created_at")
+
+
+def _insert(model, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Append rows (tuples in the order of `columns`) to the model's table."""
+    (_copy if connection.vendor == "postgresql" else _bulk_create)(model, columns, rows)
+
+
+def _bulk_create(model, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in rows])
+
+
+def _copy(model, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """PostgreSQL's COPY: a fraction of a many-row INSERT's cost to build and parse."""
+    json_at = [i for i, name in enumerate(columns) if isinstance(model._meta.get_field(name), JSONField)]
+    sql = f"COPY {connection.ops.quote_name(model._meta.db_table)} ({', '.join(columns)}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+        for row in rows:
+            if json_at:
+                row = list(row)
+                for i in json_at:
+                    row[i] = json.dumps(row[i])  # as JSONField stores it
+            copy.write_row(row)
+
+
 class _Batch:
     """What `batch()` gathers. Written in the order of their times, not of the calls: the
     executor starts the steps a success unblocks before it records that success (so they
@@ -33,15 +65,15 @@ class _Batch:
     order."""
 
     def __init__(self):
-        self.audits: list[TaskStatusAudit] = []
-        self.events: list[Event] = []
+        self.audits: list[tuple] = []  # AUDIT_COLUMNS
+        self.events: list[tuple] = []  # EVENT_COLUMNS
         self.counts: dict[int, list[tuple]] = defaultdict(list)  # session -> moves
 
     def write(self) -> None:
         if self.audits:
-            TaskStatusAudit.objects.bulk_create(sorted(self.audits, key=lambda a: a.changed_at))
+            _insert(TaskStatusAudit, AUDIT_COLUMNS, sorted(self.audits, key=lambda a: a[AUDIT_TIME]))
         if self.events:
-            Event.objects.bulk_create(sorted(self.events, key=lambda e: e.created_at))
+            _insert(Event, EVENT_COLUMNS, sorted(self.events, key=lambda e: e[EVENT_TIME]))
         for session_id, moves in self.counts.items():
             # At equal times a finish comes before a start: the peak is not inflated.
             moves.sort(key=lambda m: (m[0], m[1] + m[2] > 0))
@@ -84,26 +116,32 @@ def batch_latest() -> datetime | None:
     or before any): an event that follows them (observability's stats.update) takes it, so the
     batch, written in time order, keeps it after the changes it reports."""
     pending = _pending()
-    return max((e.created_at for e in pending.events), default=None) if pending is not None else None
+    return max((e[EVENT_TIME] for e in pending.events), default=None) if pending is not None else None
 
 
-def audits_write(rows: list[TaskStatusAudit]) -> None:
+def audits_write(rows: Iterable[tuple]) -> None:
+    """Append rows, tuples in the order of `AUDIT_COLUMNS`, to the task status audit."""
     if (pending := _pending()) is not None:
         pending.audits.extend(rows)
-    else:
-        TaskStatusAudit.objects.bulk_create(rows)
+    elif rows := list(rows):
+        _insert(TaskStatusAudit, AUDIT_COLUMNS, rows)
 
 
 def events_write(rows: Iterable[tuple[int | None, str, dict]], now: datetime) -> None:
     """Append (execution_id, type, payload) rows to the event log."""
-    events_add([Event(execution_id=ex, type=type_, payload=payload, created_at=now) for ex, type_, payload in rows])
+    _events_append([(ex, type_, payload, now) for ex, type_, payload in rows])
 
 
 def events_add(events: list[Event]) -> None:
+    """Append unsaved Event objects to the event log."""
+    _events_append([(e.execution_id, e.type, e.payload, e.created_at) for e in events])
+
+
+def _events_append(rows: list[tuple]) -> None:
     if (pending := _pending()) is not None:
-        pending.events.extend(events)
-    else:
-        Event.objects.bulk_create(events)
+        pending.events.extend(rows)
+    elif rows:
+        _insert(Event, EVENT_COLUMNS, rows)
 
 
 # --- the running counters of sessions ------------------------------------------------------------

@@ -8,8 +8,8 @@ the same transaction. A row found in another status is not touched: it is report
 the first status of new rows the same way.
 
 Bulk moves stay cheap per row: the rows are locked and updated with one statement each
-(on PostgreSQL the ids go as one array parameter), and on PostgreSQL, outside
-`records.batch()`, the audit and event rows are written with COPY.
+(on PostgreSQL the ids go as one array parameter), and the audit and event rows are
+written by `records` (with COPY on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from executions import records
 from executions.capture import StatusChange
 from executions.models import (
     AgentStatus,
@@ -31,7 +30,6 @@ from executions.models import (
     Event,
     ParallelExecutionWave,
     TaskStatus,
-    TaskStatusAudit,
     WaveTask,
 )
 from executions.records import audits_write, events_add, events_write, iso, session_move
@@ -94,36 +92,12 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
     if not changes:
         return
     reason = (reason or None) and reason[:500]
-    events = [task_event(wt, previous, actor, reason, now) for wt, previous in changes]
-    if connection.vendor == "postgresql" and records._pending() is None:  # outside records.batch()
-        # Many rows at once: COPY costs a fraction of an INSERT's building and parsing.
-        _copy(
-            TaskStatusAudit,
-            AUDIT_COLUMNS,
-            (
-                (wt.pk, wt.task_id, wt.execution_id, wt.attempt, previous, wt.status, now, actor, reason)
-                for wt, previous in changes
-            ),
-        )
-        _copy(Event, EVENT_COLUMNS, ((ex, type_, json.dumps(p), now) for ex, type_, p in events))
-    else:
-        audits_write(
-            [
-                TaskStatusAudit(
-                    wave_task_id=wt.pk,
-                    task_id=wt.task_id,
-                    execution_id=wt.execution_id,
-                    attempt=wt.attempt,
-                    previous_status=previous,
-                    new_status=wt.status,
-                    changed_at=now,
-                    actor=actor,
-                    reason=reason,
-                )
-                for wt, previous in changes
-            ]
-        )
-        events_write(events, now)
+    # In the order of records.AUDIT_COLUMNS.
+    audits_write(
+        (wt.pk, wt.task_id, wt.execution_id, wt.attempt, previous, wt.status, now, actor, reason)
+        for wt, previous in changes
+    )
+    events_write([task_event(wt, previous, actor, reason, now) for wt, previous in changes], now)
     running_delta: dict[int, int] = defaultdict(int)
     for wt, previous in changes:
         running_delta[wt.execution_id] += (wt.status == S.RUNNING) - (previous == S.RUNNING)
@@ -137,21 +111,6 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
             for wt, previous in changes
         ],
     )
-
-
-AUDIT_COLUMNS = (
-    "wave_task_id", "task_id", "execution_id", "attempt", "previous_status", "new_status", "changed_at", "actor",
-    "reason",
-)  # fmt: skip
-EVENT_COLUMNS = ("execution_id", "type", "payload", "created_at")
-
-
-def _copy(model, columns, rows) -> None:
-    """Append rows to the model's table with PostgreSQL's COPY."""
-    sql = f"COPY {connection.ops.quote_name(model._meta.db_table)} ({', '.join(columns)}) FROM STDIN"
-    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
-        for row in rows:
-            copy.write_row(row)
 
 
 def wave_tasks_create(
