@@ -41,7 +41,7 @@ TEMPLATES = {
     f"x={REF}; printf '%s|' \"$x\"": lambda v: v + "|",
     f"cat <<EOF\npre-{REF}-post\nEOF": lambda v: heredoc(v, f"pre-{v}-post", f"pre-{v}-post\n"),
     f"cat <<'EOF'\n{REF}\nEOF\nprintf done": lambda v: heredoc(v, v, f"{v}\ndone"),
-    f"cat <<-EOF\n\t{REF}\n\tEOF": lambda v: heredoc(v, f"\t{v}", f"{v}\n", strip=True),
+    f"cat <<-EOF\n\t{REF}\n\tEOF": lambda v: heredoc(v, f"\t{v}", "\n".join(x.lstrip("\t") for x in v.split("\n")) + "\n", strip=True),
     f"printf '%s|' {REF} # it's {REF}\nprintf after": lambda v: v + "|after",
 }
 
