@@ -39,6 +39,7 @@ from executions.runners.local import KILL_GRACE_SECONDS, LocalRunner
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 0.25  # how often the cancel flags are read
 POLL_SECONDS = 0.1
+WRITE_SECONDS = 0.1
 A = RemoteAttempt.State
 _runner: LocalRunner | None = None  # one per worker process (made after the fork)
 
@@ -74,24 +75,29 @@ def execute_attempt(attempt_id: int, spec: LaunchSpec) -> str:
     seq, owned, stopping = 0, True, False
     beat = settings.TIDEWATCH["HEARTBEAT_SECONDS"]
     next_beat = next_check = time.monotonic() + min(beat, CHECK_SECONDS)
+    next_write = time.monotonic() + WRITE_SECONDS
+    lines: list[Output] = []
+    fields: dict = {}
     try:
         while True:
-            events = runner.poll(POLL_SECONDS)
-            lines = [e for e in events if isinstance(e, Output)]
-            fields: dict = {}
             finished = None
-            for e in events:
-                if isinstance(e, Started):
+            for e in runner.poll(POLL_SECONDS):
+                if isinstance(e, Output):
+                    lines.append(e)
+                elif isinstance(e, Started):
                     fields.update(pid=e.pid, hostname=e.hostname, started_at=stamp(e.at))
                 elif isinstance(e, Finished):
                     finished = e
                     fields.update(state=A.FINISHED, finished_at=stamp(e.at), result=result_of(e))
             now = time.monotonic()
-            if now >= next_beat or fields or lines:
-                next_beat = now + beat
+            # What happened is written at most every WRITE_SECONDS (a short attempt: its start
+            # and its end in one transaction), its end at once, and the heartbeat in any case.
+            if finished or now >= next_beat or ((fields or lines) and now >= next_write):
+                next_beat, next_write = now + beat, now + WRITE_SECONDS
                 if owned:
                     owned = write(mine, attempt_id, seq, lines, fields)
                     seq += len(lines) if owned else 0
+                lines, fields = [], {}
                 if not owned and not stopping:
                     log.warning(
                         "attempt %s of run %s was taken away (lost): stopping it", spec.handle, spec.run_id
@@ -129,13 +135,14 @@ def write(mine, attempt_id: int, seq: int, lines: list[Output], fields: dict) ->
         if not mine.update(heartbeat=Now(), **fields):
             transaction.set_rollback(True)
             return False
-        RemoteLine.objects.bulk_create(
-            # PostgreSQL text cannot hold NUL (the transcript replaces it the same way).
+        # PostgreSQL text cannot hold NUL (the transcript replaces it the same way).
+        rows = [
             RemoteLine(
                 attempt_id=attempt_id, seq=seq + i, stream=e.stream, text=e.text.replace("\x00", "\ufffd")
             )
             for i, e in enumerate(lines, 1)
-        )
+        ]
+        RemoteLine.objects.bulk_create(rows, batch_size=1000)  # PostgreSQL: at most 65,535 parameters
     return True
 
 
