@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,6 +180,7 @@ def soak(db: Database, args, backend: str) -> None:
     if check.returncode:
         raise BenchError(f"the checks failed to run:\n{check.stderr[-2000:]}")
     found = json.loads(check.stdout.strip().splitlines()[-1])
+    shutil.rmtree(box.workdir, ignore_errors=True)
     total = len(steps) * args.soak
     ok = sum(r["status"] == "succeeded" for r in results)
     print(
@@ -221,12 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode:
             raise BenchError(f"import_tasklist failed:\n{proc.stderr[-2000:]}")
         task_list_id = proc.stdout.splitlines()[0].strip()
-        a = run(box, task_list_id, args.max_parallelism)
-        workers = start_workers(box.env, box.workdir, args.workers, args.pool, args.concurrency)
         try:
-            b = run(box, task_list_id, args.max_parallelism, "--backend", "celery")
+            a = run(box, task_list_id, args.max_parallelism)
+            workers = start_workers(box.env, box.workdir, args.workers, args.pool, args.concurrency)
+            try:
+                b = run(box, task_list_id, args.max_parallelism, "--backend", "celery")
+            finally:
+                stop(workers)
         finally:
-            stop(workers)
+            shutil.rmtree(box.workdir, ignore_errors=True)
         local.append(args.tasks / a["wall_seconds"])
         remote.append(args.tasks / b["wall_seconds"])
         print(
