@@ -71,7 +71,12 @@ def celery_env(postgres_and_redis, child_env, settings):
     from config.celery import app
 
     app.conf.broker_url = env["CELERY_BROKER_URL"]
-    return env
+    yield env
+    import redis  # what kombu keeps of the test's queues (bindings): gone with the test
+
+    with redis.Redis.from_url(env["CELERY_BROKER_URL"]) as client:
+        for key in client.scan_iter(f"*{queue}*"):
+            client.delete(key)
 
 
 class Worker:
