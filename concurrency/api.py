@@ -19,7 +19,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from concurrency import render, selectors
-from concurrency.selectors import AGGREGATES, GRANULARITIES, STATUSES, TIME_RANGES, Grid, GridError
+from concurrency.selectors import AGGREGATES, GRANULARITIES, GROUPS, STATUSES, TIME_RANGES, Grid, GridError
 from config.api import Needs, get_or_404, id_from, path_id
 from executions.models import ExecutionRun
 from waves.models import TaskList
@@ -56,6 +56,7 @@ class ConcurrencyQuery(serializers.Serializer):
     )
     execution = serializers.CharField(required=False, default=None)
     agg = OneOf(AGGREGATES, default="sample")
+    group = OneOf(GROUPS, default="template")
     status = OneOf(STATUSES, default="running")
     format = OneOf(FORMATS, default="json")
 
@@ -88,7 +89,9 @@ class ConcurrencyPointSerializer(serializers.Serializer):
     timestamp = serializers.CharField(
         help_text="the bucket's instant, ISO 8601 in UTC with a Z (`2025-05-27T00:01:00Z`)"
     )
-    task_template_name = serializers.CharField(help_text='the template, or "Other" for those past the 50th')
+    task_template_name = serializers.CharField(
+        help_text='the template, or "Other" for those past the 50th; "Total" with group=total'
+    )
     concurrent_count = serializers.IntegerField(
         min_value=1,
         help_text="tasks in the status at the instant (agg=sample) or at the peak inside "
@@ -135,6 +138,12 @@ QUERY = [
         description="sample: the count at each instant (default); max: the peak inside each bucket",
     ),
     OpenApiParameter(
+        "group", str, enum=list(GROUPS),
+        description='template: a series per template (default); total: one series, "Total", counted '
+        "over all the tasks together, so that with agg=max it is the peak of the total inside each "
+        "bucket (at most the sum of the templates' peaks, which need not coincide)",
+    ),
+    OpenApiParameter(
         "status", str, enum=list(STATUSES),
         description="the status counted (default running; queued and waiting_approval show tasks "
         "waiting for a slot or a gate)",
@@ -162,7 +171,8 @@ DESCRIPTION = (
     "How many tasks were in `status` at each instant, by task template, from the task status "
     "audit: a task counts from its entry into the status to its next transition, or to now "
     "while it is still in it, however long before the window it entered. Zero counts are "
-    'left out; more than 50 templates are folded into "Other". `format=csv` gives the same '
+    'left out; more than 50 templates are folded into "Other". `group=total` gives one series, '
+    '"Total", over all the tasks together instead of one per template. `format=csv` gives the same '
     "points as `timestamp,task_template_name,concurrent_count` lines."
 )
 
@@ -188,6 +198,7 @@ class _Timeline(APIView):
             agg=params["agg"],
             templates=params["template"],
             execution=execution,
+            group=params["group"],
         )
         if params["format"] == "csv":
             response = HttpResponse(render.as_csv(timeline), content_type="text/csv; charset=utf-8")

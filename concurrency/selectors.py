@@ -8,6 +8,12 @@ instant t counts the wave tasks in S at t (start <= t < end), however long befor
 they entered S; with `agg="max"` it is the peak of that count inside [t, t + granularity), so
 a five-second spike between two instants is never lost.
 
+**By template or in total.** `group="template"` gives a series per template; `group="total"`
+one series, "Total", swept over the steps of every task together (one key for all of them).
+With agg="max" the total is the peak of the total count inside each bucket, which is at most
+the sum of the templates' peaks and often less: two templates' peaks in one bucket need not
+be at the same moment. (With agg="sample" the total is the sum of the templates' counts.)
+
 **How, without scanning history.** `executions.transitions` is the only writer of statuses:
 each audit row records the status found (`previous_status`, read under a row lock) and the
 status set (`new_status`), and `WaveTask.status` is the `new_status` of the wave task's last
@@ -46,6 +52,9 @@ TIME_RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600, "7d": 7 * 86400, "3
 GRANULARITIES = {"30s": 30, "minute": 60, "5m": 300, "1h": 3600}
 STATUSES = (TaskStatus.RUNNING.value, TaskStatus.QUEUED.value, TaskStatus.WAITING_APPROVAL.value)
 AGGREGATES = ("sample", "max")
+# group="template": a series per template; "total": one series, TOTAL, over all the tasks.
+GROUPS = ("template", "total")
+TOTAL = "Total"
 # At most this many instants a response (30 days a minute apart is 43,201).
 MAX_BUCKETS = 50_000
 # More templates than this (with a count above zero in the window) are folded into OTHER.
@@ -171,21 +180,32 @@ def task_concurrency(
     templates: list[str] | tuple[str, ...] = (),
     execution: int | None = None,
     now: datetime | None = None,
+    group: str = "template",
 ) -> Timeline:
     """Counts of wave tasks in `status` by template at the instants of `grid`.
 
     `task_lists`: a TaskList queryset (the lists the caller may see), or None for all of them.
     `templates`: template names to keep (none: all). `execution`: one run only.
+    `group`: "template" (a series per template) or "total" (one series, TOTAL, over every
+    task counted: the steps of all templates merged and swept once, so that agg="max" is the
+    peak of the total, not a sum of peaks).
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}")
     if agg not in AGGREGATES:
         raise ValueError(f"agg must be one of {AGGREGATES}")
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}")
     now_us = to_us(now or timezone.now())
     steps = _read(task_lists, grid, status, agg, list(templates), execution)
+    sweep = _sample if agg == "sample" else _peak
+    if group == "total":  # always the one series, zeros and all (the API leaves zeros out)
+        every = _Steps()
+        for s in steps.values():
+            every.merge(s)
+        return Timeline(grid, [(TOTAL, sweep(grid, every, now_us))])
     if not steps:
         return Timeline(grid)
-    sweep = _sample if agg == "sample" else _peak
     values = {tpl: sweep(grid, s, now_us) for tpl, s in steps.items()}
     values = {tpl: v for tpl, v in values.items() if v and max(v) > 0}
     names = dict(TaskTemplate.objects.filter(pk__in=values).values_list("pk", "name"))

@@ -162,6 +162,29 @@ def test_template_execution_status_and_agg(world, member):
     assert list(sample["transform"].values()) == [1] and list(peak["transform"].values()) == [2, 1]
 
 
+def test_group_total_is_one_series_over_all_the_tasks(world, member):
+    url = URL.format(world.red.task_list.pk)
+    # 70 and 10 minutes ago, an hour apart: in the first bucket extract (all along) and
+    # transform (two runs, 50-20 and 40 minutes ago on) peak at 1 + 2 together.
+    hourly = {"start": (world.now - timedelta(minutes=70)).isoformat(), "granularity": "1h"}
+    for agg in ("sample", "max"):
+        per_template = by_template(points(get(member, url, **hourly, agg=agg)))
+        total = by_template(points(get(member, url, **hourly, agg=agg, group="total")))
+        assert set(total) == {"Total"}
+        sums: dict[str, int] = {}
+        for counts in per_template.values():
+            for ts, n in counts.items():
+                sums[ts] = sums.get(ts, 0) + n
+        if agg == "sample":
+            assert total["Total"] == sums
+        else:
+            assert all(total["Total"][ts] <= n for ts, n in sums.items())
+            assert list(total["Total"].values()) == [3, 2]
+    assert points(get(member, url, **hourly, group="template")) == points(get(member, url, **hourly))
+    rows = get(member, url, **hourly, group="total", format="csv").content.decode().splitlines()
+    assert [row.split(",")[1] for row in rows[1:]] == ["Total", "Total"]
+
+
 def test_explicit_start_and_end(world, member):
     start = (world.now - timedelta(hours=2)).replace(microsecond=0)
     end = start + timedelta(minutes=10)
@@ -234,6 +257,8 @@ def test_the_team_rule(world, member, reader, outsider, superuser):
         ({"execution": str(2**63)}, "execution"),
         ({"template": "x" * 201}, "template"),
         ({"template": "a\x00b"}, "template"),
+        ({"group": "templates"}, "group"),
+        ({"group": "TOTAL"}, "group"),
     ],
 )
 def test_a_bad_parameter_is_a_400_naming_it(world, member, params, field):
@@ -256,7 +281,16 @@ def test_an_empty_parameter_is_its_default(world, member):
     url = URL.format(world.red.task_list.pk)
     window = {"start": (world.now - timedelta(hours=1)).isoformat(), "end": world.now.isoformat()}
     empty = get(
-        member, url, **window, time_range="", granularity="", agg="", status="", format="", execution=""
+        member,
+        url,
+        **window,
+        time_range="",
+        granularity="",
+        agg="",
+        group="",
+        status="",
+        format="",
+        execution="",
     )
     assert points(empty) == points(get(member, url, **window)) != []
 

@@ -117,6 +117,51 @@ def test_counts_match_a_brute_force_count_of_random_histories(data):
     in_savepoint(check)
 
 
+def as_total(stories: list[Story]) -> list[Story]:
+    """The same histories with every task under one template, TOTAL: the brute force of
+    group="total"."""
+    return [Story(selectors.TOTAL, s.steps, key=s.key, run=s.run) for s in stories]
+
+
+@given(data=st.data())
+@EXAMPLES
+def test_the_total_matches_a_brute_force_count_of_all_the_tasks_together(data):
+    """group="total": with agg="max" the peak of the total in each bucket (brute force over
+    every task as one template), never above the sum of the templates' peaks; with
+    agg="sample" the sum of the templates' counts."""
+    now = database_now()
+    stories = data.draw(histories(now, 2 * HOUR), label="stories")
+    status = data.draw(st.sampled_from(selectors.STATUSES), label="status")
+    granularity = data.draw(st.sampled_from(["30s", "minute", "5m"]), label="granularity")
+    start = now - timedelta(seconds=data.draw(st.sampled_from([HOUR, 2 * HOUR])),
+                            microseconds=data.draw(st.sampled_from([0, 1, 500_000])))  # fmt: skip
+    buckets = data.draw(st.integers(1, 130), label="buckets")
+    grid = Grid.explicit(start, start + (buckets - 1) * timedelta(seconds=selectors.GRANULARITIES[granularity]),
+                         granularity)  # fmt: skip
+
+    def check():
+        built = build(stories)
+        for agg in selectors.AGGREGATES:
+            count = lambda group, agg=agg: as_points(  # noqa: E731
+                selectors.task_concurrency(
+                    task_lists=TaskList.objects.filter(pk=built.task_list.pk),
+                    grid=grid, status=status, agg=agg, now=now, group=group,
+                )
+            )  # fmt: skip
+            total, per_template = count("total"), count("template")
+            assert total == brute_force(as_total(stories), status, now, grid, agg), agg
+            sums: dict[datetime, int] = {}
+            for (t, _), n in per_template.items():
+                sums[t] = sums.get(t, 0) + n
+            if agg == "sample":
+                assert total == {(t, selectors.TOTAL): n for t, n in sums.items()}
+            else:
+                assert all(total.get((t, selectors.TOTAL), 0) <= n for t, n in sums.items())
+                assert {t for t, _ in total} == set(sums)
+
+    in_savepoint(check)
+
+
 # Seed 004 section 6, copied: the only changes are Tidewatch's names (task -> tasks,
 # t.workflow_id -> t.task_list_id) and statuses ('R' -> 'running').
 SEED_SQL = """
@@ -371,6 +416,27 @@ def test_status_templates_and_execution_narrow_the_count():
     assert timeline(built, now, grid, status=S.WAITING_APPROVAL) == {(t, "load"): 1}
     assert timeline(built, now, grid, templates=["load", "nope"]) == {(t, "load"): 1}
     assert timeline(built, now, grid, execution=built.runs[1].pk) == {(t, "extract"): 1}
+
+
+def test_the_peak_of_the_total_is_below_the_sum_of_peaks_that_do_not_coincide():
+    """extract runs 10:00-10:20 and load 10:30-10:50 (two slots, one after the other): in
+    the hour's bucket each template peaks at 1, so a stack of peaks reads 2; the total never
+    was above 1."""
+    now = datetime(2025, 5, 27, 12, 0, tzinfo=UTC)
+    at = lambda minute: datetime(2025, 5, 27, 10, minute, tzinfo=UTC)  # noqa: E731
+    built = build(
+        [
+            Story("extract", [(S.PENDING, at(0)), (S.RUNNING, at(0)), (S.SUCCEEDED, at(20))]),
+            Story("load", [(S.PENDING, at(0)), (S.RUNNING, at(30)), (S.SUCCEEDED, at(50))]),
+        ]
+    )
+    grid = Grid.explicit(at(0), at(0), "1h")
+    t = grid.instant(0)
+    assert timeline(built, now, grid, agg="max") == {(t, "extract"): 1, (t, "load"): 1}
+    assert timeline(built, now, grid, agg="max", group="total") == {(t, selectors.TOTAL): 1}
+    assert timeline(built, now, grid, agg="sample", group="total") == {(t, selectors.TOTAL): 1}
+    with pytest.raises(ValueError, match="group"):
+        timeline(built, now, grid, group="templates")
 
 
 def test_more_than_fifty_templates_are_folded_into_other():
