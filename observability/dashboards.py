@@ -203,8 +203,9 @@ def run_now(request, task_list_id: int):
 class ConcurrencyChart(BaseLineChartView):
     """The concurrency timeline as Chart.js data: one label per instant (ms since the epoch),
     the same for every series, zeros kept (Chart.js stacks by equal x); "Other" folded on
-    the server. The API's query parameters, plus `workflow` (a task list id). With
-    `execution`, `limit` is that run's parallelism limit."""
+    the server. The API's query parameters (`group=total`: one series, "Total", the count of
+    all the templates together), plus `workflow` (a task list id). With `execution`, `limit`
+    is that run's parallelism limit."""
 
     def get(self, request, *args, **kwargs):
         query = ConcurrencyQuery(data=request.GET, context={"now": timezone.now()})
@@ -231,6 +232,7 @@ class ConcurrencyChart(BaseLineChartView):
             agg=params["agg"],
             templates=params["template"],
             execution=execution,
+            group=params["group"],
         )
         self.granularity = params["granularity"]
         return super().get(request, *args, **kwargs)

@@ -2,6 +2,7 @@
 and draws its charts; a run started from the admin changes its nodes' colours and counts
 without a reload; a gate is approved with its button; the CSV exports."""
 
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,9 @@ CANVAS_DRAWN = """(canvas) => {
 }"""
 
 
+LABELS = "Chart.getChart(document.getElementById('tw-concurrency-chart')).data.datasets.map((d) => d.label)"
+
+
 def drawn(page, selector):
     return page.eval_on_selector(selector, CANVAS_DRAWN)
 
@@ -32,10 +36,12 @@ def test_every_dashboard_opens_and_draws(page, shots):
     session = populate(3)
     run = session.runs.order_by("id").first()
     steps = list(WaveTask.objects.filter(execution=run).exclude(key="gate"))
-    transitions.transition(steps, TaskStatus.QUEUED, expected=TaskStatus.PENDING)
-    transitions.transition(steps, TaskStatus.RUNNING, expected=TaskStatus.QUEUED)
+    # Two minutes ago: at the concurrency chart's last instants (a whole minute, before now).
+    started = timezone.now() - timedelta(minutes=2)
+    transitions.transition(steps, TaskStatus.QUEUED, expected=TaskStatus.PENDING, now=started)
+    transitions.transition(steps, TaskStatus.RUNNING, expected=TaskStatus.QUEUED, now=started)
     waves = ParallelExecutionWave.objects.filter(execution__session=session, wave_number=0)
-    waves.update(started_at=timezone.now() - timedelta(minutes=2))
+    waves.update(started_at=started)
     base = page.base
     page.goto(base + "/admin/")
     assert page.locator("#dashboards a").count() == 4
@@ -46,6 +52,10 @@ def test_every_dashboard_opens_and_draws(page, shots):
     assert page.locator(".tw-node").count() == run.wave_tasks.count()
     chart = drawn(page, "#tw-gantt")
     assert chart["datasets"] == 2 and chart["painted"] > 0
+    ticks = page.evaluate(
+        "Chart.getChart(document.getElementById('tw-gantt')).scales.x.ticks.map((t) => t.label)"
+    )
+    assert ticks and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", t) for t in ticks), ticks  # 24-hour, compact
     page.emulate_media(color_scheme="dark")  # the admin's dark theme: the same page, its variables
     page.reload()
     page.wait_for_selector("#tw-run[data-ready='1']")
@@ -61,8 +71,17 @@ def test_every_dashboard_opens_and_draws(page, shots):
     page.wait_for_selector("#tw-concurrency[data-drawn]")
     chart = drawn(page, "#tw-concurrency-chart")
     assert chart["datasets"] >= 2 and chart["painted"] > 0  # the templates, and the run's limit
+    assert page.input_value("select[name=agg]") == "sample"
+    assert page.locator("#tw-peak-note").is_hidden()
+    # Peaks: the templates' peaks, the peak of all of them together (a line), and the limit.
+    page.select_option("select[name=agg]", "max")
+    page.wait_for_function(LABELS + ".includes('peak, all templates')")
+    labels = page.evaluate(LABELS)
+    assert len(labels) >= 3 and labels[-2:] == ["peak, all templates", "parallelism limit"], labels
+    assert page.locator("#tw-peak-note").is_visible()
     page.check("input[name=total]")
-    assert drawn(page, "#tw-concurrency-chart")["datasets"] == 2  # the total, and the limit
+    page.wait_for_function(LABELS + ".join() === 'Total,parallelism limit'")  # the total, and the limit
+    assert page.locator("#tw-peak-note").is_hidden()
 
     page.goto(base + "/admin/dashboards/")
     page.wait_for_selector("#tw-fleet[data-ready='1']")
@@ -157,7 +176,11 @@ def test_a_run_started_from_the_admin_goes_live_and_its_gate_is_approved(page, s
         page.wait_for_selector("#tw-concurrency[data-drawn]")
         page.select_option("select[name=time_range]", "1h")
         page.select_option("select[name=granularity]", "30s")
-        page.wait_for_function("document.getElementById('tw-concurrency').dataset.drawn >= '2'")
+        page.select_option("select[name=agg]", "max")  # its steps ran a second each: between instants
+        page.wait_for_function(
+            "Chart.getChart(document.getElementById('tw-concurrency-chart')).data.datasets"
+            ".some((d) => d.label === 'peak, all templates')"
+        )
         with page.expect_download() as download:
             page.click("#tw-csv")
         text = open(download.value.path()).read()

@@ -8,6 +8,7 @@ from datetime import UTC, timedelta
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.urls import reverse
+from django.utils import timezone
 
 from executions import transitions
 from executions.models import ExecutionRun, RunStatus, TaskStatus, WaveTask
@@ -115,6 +116,47 @@ def test_the_concurrency_chart_has_one_x_for_every_series_and_the_limit(client):
     assert data["datasets"][0]["borderColor"] == "rgba(102, 194, 165, 1)"  # Set2's first colour
     bad = client.get(url, {"granularity": "fortnight"})
     assert bad.status_code == 400 and "granularity" in bad.json()
+
+
+def test_the_concurrency_chart_gives_the_total_as_one_series(client):
+    """group=total: one dataset, "Total", over every template; with agg=max the peak of the
+    total, which two templates running one after the other in a bucket keep at 1 where their
+    stacked peaks read 2."""
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    tl = task_list("conc-total", keys=["a", "b"])
+    run = run_with_waves(tl, [["a", "b"]])
+    TaskTemplate.objects.bulk_create([TaskTemplate(name="tpl-a"), TaskTemplate(name="tpl-b")])
+    for key in ("a", "b"):
+        tl.tasks.filter(key=key).update(template=TaskTemplate.objects.get(name=f"tpl-{key}"))
+    a, b = (WaveTask.objects.get(execution=run, key=key) for key in ("a", "b"))
+    start = timezone.now() - timedelta(minutes=30)
+    transitions.transition([a], TaskStatus.RUNNING, expected=TaskStatus.PENDING, now=start)
+    transitions.transition(
+        [a], TaskStatus.SUCCEEDED, expected=TaskStatus.RUNNING, now=start + timedelta(minutes=5)
+    )
+    transitions.transition(
+        [b], TaskStatus.RUNNING, expected=TaskStatus.PENDING, now=start + timedelta(minutes=10)
+    )
+    url = reverse("admin:dashboard_concurrency_data")
+    # One bucket, an hour from a minute before a started.
+    first = (start - timedelta(minutes=1)).isoformat()
+    window = {"start": first, "end": first, "granularity": "1h", "execution": run.pk}
+    peaks = client.get(url, {**window, "agg": "max"}).json()
+    total = client.get(url, {**window, "agg": "max", "group": "total"}).json()
+    assert [d["label"] for d in peaks["datasets"]] == ["tpl-a", "tpl-b"]
+    assert [d["label"] for d in total["datasets"]] == ["Total"]
+    assert total["labels"] == peaks["labels"] and total["limit"] == peaks["limit"] == run.max_parallelism
+    stacked = [sum(d["data"][k] for d in peaks["datasets"]) for k in range(len(peaks["labels"]))]
+    assert max(stacked) == 2 and max(total["datasets"][0]["data"]) == 1
+    minutes = {"start": first, "end": (start + timedelta(minutes=15)).isoformat(), "execution": run.pk}
+    sample = client.get(url, {**minutes, "agg": "sample"}).json()
+    sample_total = client.get(url, {**minutes, "agg": "sample", "group": "total"}).json()
+    assert len(sample["datasets"]) == 2 and max(sample_total["datasets"][0]["data"]) == 1
+    assert sample_total["datasets"][0]["data"] == [
+        sum(d["data"][k] for d in sample["datasets"]) for k in range(len(sample["labels"]))
+    ]
+    bad = client.get(url, {**window, "group": "all"})
+    assert bad.status_code == 400 and "group" in bad.json()
 
 
 def test_the_wave_timeline_lists_the_sessions_waves(client, teams):

@@ -1,7 +1,10 @@
 /* The concurrency timeline: stacked areas per template (the same x for every series, zeros
-   kept, "Other" folded by the server), a total-only toggle, legend isolate, zoom and pan that
+   kept, "Other" folded by the server), a total-only toggle (the server's group=total), legend isolate, zoom and pan that
    fetch a finer resolution, PNG and CSV export, the run's parallelism limit as a line, and a
-   refresh when tasks change (ws/dashboard/). TW.concurrency(root) makes one; the fleet uses it too. */
+   refresh when tasks change (ws/dashboard/). TW.concurrency(root) makes one; the fleet uses it too.
+   With agg=max each template's area is its own peak in the bucket, and peaks of different
+   templates need not coincide: their stack may exceed anything that ran at once. So a line,
+   "peak, all templates" (group=total&agg=max: the peak of the total), is drawn over them. */
 "use strict";
 (function () {
   const SECONDS = { "30s": 30, minute: 60, "5m": 300, "1h": 3600 };
@@ -14,10 +17,11 @@
     const csv = root.querySelector("#tw-csv");
     let chart = null;
     let win = null; // [start, end] ms of a zoomed or panned window, else null (the form's range)
-    let last = null;
 
     const field = (name) => (form ? form.elements[name] : null);
     const value = (name, fallback) => (field(name) ? field(name).value : fallback);
+    const totalOnly = () => Boolean(field("total") && field("total").checked);
+    const note = root.querySelector("#tw-peak-note");
 
     function params() {
       const q = new URLSearchParams();
@@ -34,7 +38,9 @@
         q.set("time_range", "6h");
       }
       q.set("granularity", value("granularity", "minute"));
-      for (const name of ["template", "status", "agg"]) if (value(name)) q.set(name, value(name));
+      for (const name of ["template", "status"]) if (value(name)) q.set(name, value(name));
+      q.set("agg", value("agg", "sample"));
+      if (totalOnly()) q.set("group", "total");
       if (root.dataset.execution) q.set("execution", root.dataset.execution);
       return q;
     }
@@ -50,7 +56,7 @@
     function isolate(e, item, legend) {
       const c = legend.chart;
       const i = item.datasetIndex;
-      const others = c.data.datasets.map((_, k) => k).filter((k) => k !== i && c.data.datasets[k].stack !== "limit");
+      const others = c.data.datasets.map((_, k) => k).filter((k) => k !== i && !c.data.datasets[k].stack);
       const alone = others.every((k) => !c.isDatasetVisible(k)) && c.isDatasetVisible(i);
       for (const k of others) c.setDatasetVisibility(k, alone);
       c.setDatasetVisibility(i, true);
@@ -79,14 +85,13 @@
       zoomed.timer = setTimeout(load, 250);
     }
 
-    function datasets(data) {
-      let sets = data.datasets;
-      if (field("total") && field("total").checked) {
-        const sum = data.labels.map((_, k) => sets.reduce((acc, d) => acc + d.data[k], 0));
-        sets = [{ label: "all templates", data: sum, backgroundColor: "rgba(102, 194, 165, 0.6)", borderColor: "#66c2a5",
-          fill: "origin", pointRadius: 0, borderWidth: 1 }];
-      } else {
-        sets = sets.map((d, i) => ({ ...d, fill: i === 0 ? "origin" : "-1" }));
+    // data: the chart view's body; peak: the group=total&agg=max body when the areas are
+    // per-template peaks (its one series becomes a line on a stack of its own), else null.
+    function datasets(data, peak) {
+      let sets = data.datasets.map((d, i) => ({ ...d, fill: i === 0 ? "origin" : "-1" }));
+      if (peak && peak.datasets.length) {
+        sets.push({ label: "peak, all templates", data: peak.datasets[0].data, stack: "total", fill: false,
+          borderColor: Chart.defaults.color, pointRadius: 0, borderWidth: 2 }); // the theme's text colour
       }
       if (data.limit) {
         sets.push({ label: "parallelism limit", data: data.labels.map(() => data.limit), stack: "limit", fill: false,
@@ -95,9 +100,9 @@
       return sets;
     }
 
-    function draw(data) {
-      last = data;
-      const sets = datasets(data);
+    function draw(data, peak) {
+      const sets = datasets(data, peak);
+      if (note) note.hidden = !peak;
       if (!chart) {
         chart = new Chart(canvas, {
           type: "line",
@@ -111,7 +116,7 @@
             },
             plugins: {
               legend: { position: "bottom", onClick: isolate },
-              tooltip: { filter: (item) => item.raw !== 0 || item.dataset.stack === "limit" },
+              tooltip: { filter: (item) => item.raw !== 0 || Boolean(item.dataset.stack) },
               zoom: {
                 zoom: { wheel: { enabled: true }, pinch: { enabled: true }, mode: "x", onZoomComplete: zoomed },
                 pan: { enabled: true, mode: "x", onPanComplete: zoomed },
@@ -129,20 +134,33 @@
       performance.mark("tw-drawn");
     }
 
+    function get(q) {
+      return fetch(root.dataset.data + "?" + q).then((r) => r.json().then((body) => [r.ok, body]));
+    }
+
+    let latest = 0; // the last load asked for: an older answer arriving late is not drawn
     function load() {
       const q = params();
       if (csv) csv.href = csvUrl(q);
       const workflow = value("workflow");
       if (workflow) q.set("workflow", workflow);
-      return fetch(root.dataset.data + "?" + q).then((r) => r.json().then((body) => [r.ok, body])).then(([ok, body]) => {
+      const asks = [get(q)];
+      if (q.get("agg") === "max" && !totalOnly()) {
+        const t = new URLSearchParams(q);
+        t.set("group", "total");
+        asks.push(get(t));
+      }
+      const mine = ++latest;
+      return Promise.all(asks).then(([[ok, body], total]) => {
+        if (mine !== latest) return;
         if (!ok) { if (info) info.textContent = JSON.stringify(body); return; }
-        draw(body);
+        if (total && !total[0]) { if (info) info.textContent = JSON.stringify(total[1]); return; }
+        draw(body, total ? total[1] : null);
       });
     }
 
     if (form) {
       form.addEventListener("change", (e) => {
-        if (e.target.name === "total") { if (last) draw(last); return; }
         if (e.target.name === "start" || e.target.name === "end") field("time_range").value = "";
         unzoom();
         load();

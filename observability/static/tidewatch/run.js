@@ -173,7 +173,9 @@ document.addEventListener("DOMContentLoaded", () => {
         options: {
           indexAxis: "y", responsive: true, maintainAspectRatio: false, animation: false,
           scales: {
-            x: { type: "time", position: "top", min: xmin, max: xmax, ticks: { maxRotation: 0, autoSkipPadding: 24 } },
+            // 24-hour clock labels ("02:28:18", date-fns patterns); ticks no finer than a second.
+            x: { type: "time", position: "top", min: xmin, max: xmax, ticks: { maxRotation: 0, autoSkipPadding: 24 },
+              time: { minUnit: "second", displayFormats: { second: "HH:mm:ss", minute: "HH:mm:ss", hour: "HH:mm", day: "MMM d" } } },
             y: { ticks: { autoSkip: false, font: { size: 10 } } },
           },
           plugins: { legend: { position: "bottom" }, tooltip: { callbacks: {
