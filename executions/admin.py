@@ -13,6 +13,7 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Count, IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce
+from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
@@ -342,15 +343,23 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
                 self.message_user(
                     request, f"Run {run.pk} had already ended ({run.status}).", messages.WARNING
                 )
+        if len(queryset) == 1:
+            return live_view(queryset[0])
 
     @admin.action(description="Resume selected runs (re-run what did not succeed)", permissions=["decide"])
     def resume_runs(self, request, queryset):
-        start_each(self, request, queryset.order_by("id"), services.run_resume, lambda run: f"Run {run.pk}")
+        return start_each(self, request, queryset.order_by("id"), services.run_resume, lambda run: f"Run {run.pk}")
 
 
-def start_each(modeladmin, request, items, lay_out, name) -> None:
+def live_view(run: ExecutionRun) -> HttpResponseRedirect:
+    """The run's live view in the admin's dashboards."""
+    return HttpResponseRedirect(reverse("admin:dashboard_run", args=[run.pk]))
+
+
+def start_each(modeladmin, request, items, lay_out, name) -> HttpResponseRedirect | None:
     """For each item, lay out a run with the `lay_out` service, start its executor, and say
-    what happened (a refusal says why)."""
+    what happened (a refusal says why). One run started: on to its live view."""
+    started = []
     for item in items:
         try:
             run = lay_out(item)
@@ -358,7 +367,9 @@ def start_each(modeladmin, request, items, lay_out, name) -> None:
         except services.ServiceError as exc:
             modeladmin.message_user(request, f"{name(item)}: {exc}", messages.ERROR)
             continue
+        started.append(run)
         modeladmin.message_user(request, f"{name(item)}: run {run.pk} started.", messages.SUCCESS)
+    return live_view(started[0]) if len(started) == 1 else None
 
 
 # --- waves, wave tasks, agents -------------------------------------------------------------------
@@ -573,7 +584,7 @@ class TaskListAdmin(waves_admin.TaskListAdmin):
 
     @admin.action(description="Start a run of selected task lists", permissions=["start"])
     def start_runs(self, request, queryset):
-        start_each(self, request, queryset.order_by("id"), services.run_start, str)
+        return start_each(self, request, queryset.order_by("id"), services.run_start, str)
 
     list_display = (
         *waves_admin.TaskListAdmin.list_display[:-2],

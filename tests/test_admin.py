@@ -288,6 +288,7 @@ def test_cancel_action_records_request(superuser_client):
     run.refresh_from_db()
     assert run.cancel_requested_at is not None and run.cancel_requested_by == "root"
     assert any("cancel requested" in m for m in messages_of(response))
+    assert response.redirect_chain[-1][0] == f"/admin/dashboards/runs/{run.pk}/"  # on to its live view
 
 
 def test_cancel_action_closes_an_abandoned_run_with_audited_actor(superuser_client):
@@ -406,6 +407,7 @@ def test_start_and_resume_actions_go_through_the_services(superuser_client, monk
     started = ExecutionRun.objects.filter(task_list=tl, status="pending").order_by("-pk").first()
     assert started is not None and spawned == [started.pk]
     assert any(f"run {started.pk} started" in m for m in messages_of(response))
+    assert response.redirect_chain[-1][0] == f"/admin/dashboards/runs/{started.pk}/"
 
     failed = ExecutionRun.objects.filter(task_list=tl).exclude(pk=started.pk).first()
     ExecutionRun.objects.filter(pk=failed.pk).update(status="failed")
@@ -413,6 +415,7 @@ def test_start_and_resume_actions_go_through_the_services(superuser_client, monk
     resumed = ExecutionRun.objects.get(resumed_from=failed)
     assert spawned == [started.pk, resumed.pk]
     assert any(f"Run {failed.pk}: run {resumed.pk} started" in m for m in messages_of(response))
+    assert response.redirect_chain[-1][0] == f"/admin/dashboards/runs/{resumed.pk}/"
     again = act(superuser_client, ExecutionRun, "resume_runs", [failed.pk])  # refused, with the reason
     assert any(f"run {failed.pk} was already resumed by run {resumed.pk}" in m for m in messages_of(again))
     assert ExecutionRun.objects.filter(resumed_from=failed).count() == 1
