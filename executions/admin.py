@@ -310,11 +310,11 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
 
     @admin.action(description="Approve waiting steps of selected runs", permissions=["decide"])
     def approve_waiting_steps(self, request, queryset):
-        self._decide(request, queryset, approve=True)
+        return self._decide(request, queryset, approve=True)
 
     @admin.action(description="Reject waiting steps of selected runs", permissions=["decide"])
     def reject_waiting_steps(self, request, queryset):
-        self._decide(request, queryset, approve=False)
+        return self._decide(request, queryset, approve=False)
 
     def _decide(self, request, queryset, *, approve):
         waiting = list(
@@ -327,6 +327,8 @@ class ExecutionRunAdmin(DecidePermission, ReadOnlyAdmin):
                 request, "No step of the selected runs is waiting for approval.", messages.WARNING
             )
         decide_steps(self, request, waiting, approve=approve)
+        if len(queryset) == 1:
+            return live_view(queryset[0])
 
     @admin.action(description="Request cancel of selected runs", permissions=["decide"])
     def request_cancel(self, request, queryset):

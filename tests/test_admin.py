@@ -263,6 +263,7 @@ def test_reject_action_on_runs_fails_waiting_gates(superuser_client):
     last = TaskStatusAudit.objects.filter(wave_task=gate).order_by("-id").first()
     assert (last.new_status, last.actor, last.reason) == (TaskStatus.FAILED, "root", "rejected")
     assert any("Rejected 1 step" in m for m in messages_of(response))
+    assert response.redirect_chain[-1][0] == f"/admin/dashboards/runs/{gate.execution_id}/"
 
 
 def test_approve_action_reports_service_errors(superuser_client):
