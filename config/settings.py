@@ -97,6 +97,9 @@ else:
 # of tasks whose template names none. Workers: `celery -A config worker -Q tidewatch`.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "tidewatch")
+# Redis hands a reserved, unacknowledged message (its worker died before running it) to another
+# worker after this many seconds. Shorter is safe: a message delivered twice runs its attempt once.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

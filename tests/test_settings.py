@@ -150,3 +150,17 @@ def test_the_web_server_pools_its_connections_and_what_it_spawns_does_not(tmp_pa
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["16", "None"]
+
+
+def test_the_redis_visibility_timeout_comes_from_the_environment(tmp_path):
+    script = "from config.celery import app; print(app.conf.broker_transport_options['visibility_timeout'])"
+    env = {"PATH": "/usr/bin:/bin", "TIDEWATCH_VAR_DIR": str(tmp_path)}
+    for value, expected in ((None, "3600"), ("120", "120")):
+        run_env = env if value is None else {**env, "CELERY_VISIBILITY_TIMEOUT": value}
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=run_env, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == expected, out.stderr
+    bad = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env={**env, "CELERY_VISIBILITY_TIMEOUT": "soon"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "CELERY_VISIBILITY_TIMEOUT" in bad.stderr
