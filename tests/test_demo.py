@@ -1,9 +1,5 @@
 """The main job: `tidewatch_demo` (admin user, examples, demo run) and daphne serving the admin."""
 
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from io import StringIO
 
@@ -13,6 +9,7 @@ from django.core.management import call_command
 
 from executions.management.commands import tidewatch_demo
 from executions.models import ExecutionRun
+from tests.servers import Daphne
 from waves.models import TaskList
 
 pytestmark = pytest.mark.django_db
@@ -119,12 +116,6 @@ def test_start_run_is_skipped_when_the_demo_example_was_not_imported():
     assert "was not imported" in tidewatch_demo.Command().start_run(None, "http://127.0.0.1:8000/admin/")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, response.read()
@@ -132,34 +123,11 @@ def get(url: str) -> tuple[int, bytes]:
 
 def test_daphne_serves_the_admin_and_its_static_files(child_env, tmp_path):
     """What `make run` serves: daphne has no static handler, whitenoise must serve the admin CSS."""
-    port = free_port()
-    log = open(tmp_path / "daphne.log", "w+b")  # closed in finally
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=tidewatch_demo.settings.BASE_DIR,
-        env={**child_env, "DEBUG": "false"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    daphne = Daphne({**child_env, "DEBUG": "false"}, tmp_path / "daphne.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = get(f"http://127.0.0.1:{port}/static/admin/css/base.css")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise AssertionError(f"daphne did not answer: {log.read().decode()[-2000:]}")
-                time.sleep(0.2)
+        status, body = get(f"{daphne.base}/static/admin/css/base.css")
         assert status == 200 and b"body" in body
-        status, body = get(f"http://127.0.0.1:{port}/admin/login/")
+        status, body = get(f"{daphne.base}/admin/login/")
         assert status == 200 and b"Tidewatch" in body
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        daphne.stop()

@@ -3,16 +3,13 @@ page driven by playwright, logged into the admin. Screenshots go to $TIDEWATCH_V
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connections
+
+from tests.servers import Daphne
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = os.environ.get("TIDEWATCH_CHROMIUM", "/usr/bin/chromium")
@@ -21,45 +18,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 PASSWORD = "browser-pw"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(transactional_db, child_env, tmp_path):
     """The base URL of a daphne serving this test's (committed) database."""
-    port = free_port()
-    log = open(tmp_path / "daphne.log", "w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=ROOT,
-        env=child_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/admin/login/", timeout=5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise AssertionError(f"daphne did not answer: {log.read().decode()[-2000:]}")
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    daphne = Daphne(child_env, tmp_path / "daphne.log")
+    yield daphne.base
+    daphne.stop()
 
 
 @pytest.fixture
