@@ -177,6 +177,26 @@ DESCRIPTION = (
 )
 
 
+def timeline_for(task_lists, params: dict) -> tuple[selectors.Timeline, ExecutionRun | None]:
+    """The timeline a valid ConcurrencyQuery asks for over `task_lists`, and the run its
+    `execution` names (400 naming `execution` when that run is not among the lists)."""
+    run = None
+    if params["execution"] is not None:
+        run = ExecutionRun.objects.filter(pk=params["execution"], task_list__in=task_lists).first()
+        if run is None:
+            raise ValidationError({"execution": [f"no run {params['execution']} among the task lists shown"]})
+    timeline = selectors.task_concurrency(
+        task_lists=task_lists,
+        grid=params["grid"],
+        status=params["status"],
+        agg=params["agg"],
+        templates=params["template"],
+        execution=params["execution"],
+        group=params["group"],
+    )
+    return timeline, run
+
+
 class _Timeline(APIView):
     permission_classes = [Needs]
     renderer_classes = [JSONRenderer]
@@ -186,20 +206,7 @@ class _Timeline(APIView):
         query = ConcurrencyQuery(data=request.query_params, context={"now": timezone.now()})
         query.is_valid(raise_exception=True)
         params = query.validated_data
-        execution = params["execution"]
-        if execution is not None:
-            runs = ExecutionRun.objects.filter(pk=execution, task_list__in=task_lists)
-            if not runs.exists():
-                raise ValidationError({"execution": [f"no run {execution} among the task lists shown"]})
-        timeline = selectors.task_concurrency(
-            task_lists=task_lists,
-            grid=params["grid"],
-            status=params["status"],
-            agg=params["agg"],
-            templates=params["template"],
-            execution=execution,
-            group=params["group"],
-        )
+        timeline, _ = timeline_for(task_lists, params)
         if params["format"] == "csv":
             response = HttpResponse(render.as_csv(timeline), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = 'attachment; filename="task_concurrency.csv"'

@@ -26,9 +26,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError
 
 from concurrency import selectors as concurrency_selectors
-from concurrency.api import ConcurrencyQuery
+from concurrency.api import ConcurrencyQuery, timeline_for
 from executions import selectors, services
 from executions.models import Backend, ExecutionRun, ParallelExecutionWave
 from waves.models import TaskTemplate
@@ -216,24 +217,11 @@ class ConcurrencyChart(BaseLineChartView):
         workflow = request.GET.get("workflow")
         if workflow:
             task_lists = task_lists.filter(pk=int(workflow) if workflow.isdigit() else -1)
-        self.limit = None
-        execution = params["execution"]
-        if execution is not None:
-            run = ExecutionRun.objects.filter(pk=execution, task_list__in=task_lists).first()
-            if run is None:
-                return JsonResponse(
-                    {"execution": [f"no run {execution} among the task lists shown"]}, status=400
-                )
-            self.limit, execution = run.max_parallelism, run.pk
-        self.timeline = concurrency_selectors.task_concurrency(
-            task_lists=task_lists,
-            grid=params["grid"],
-            status=params["status"],
-            agg=params["agg"],
-            templates=params["template"],
-            execution=execution,
-            group=params["group"],
-        )
+        try:
+            self.timeline, run = timeline_for(task_lists, params)
+        except ValidationError as exc:
+            return JsonResponse(exc.detail, status=400)
+        self.limit = run.max_parallelism if run else None
         self.granularity = params["granularity"]
         return super().get(request, *args, **kwargs)
 
