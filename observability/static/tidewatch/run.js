@@ -141,7 +141,7 @@ document.addEventListener("DOMContentLoaded", () => {
       const working = wall - (run.gate_wait_seconds || 0);
       if (working > 0 && busy > 0) speedup = busy / working;
     }
-    $("tw-speedup").textContent = speedup ? speedup.toFixed(1) + "x faster" : "-";
+    $("tw-speedup").textContent = speedup ? speedup.toFixed(1) + "x faster" : "speedup: not yet";
   }
 
   // --- the Gantt: one row per task, queued [queued, started), running [started, ended or now) ---
