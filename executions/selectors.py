@@ -109,12 +109,17 @@ def _group_status(counts: dict[str, int], total: int) -> str:
 def speedup(run: ExecutionRun) -> float | None:
     """Task seconds over the seconds the run could work (its wall time less the time it could
     only wait at approval gates), or None when there is nothing meaningful to show."""
-    if not run.wall_seconds or not run.task_seconds:
+    return speedup_of(run.wall_seconds, run.task_seconds, run.gate_wait_seconds)
+
+
+def speedup_of(wall_seconds: float | None, task_seconds: float | None, gate_wait_seconds: float | None):
+    """speedup() from a run's three columns (for rows read with `.values()`)."""
+    if not wall_seconds or not task_seconds:
         return None
-    working = run.wall_seconds - (run.gate_wait_seconds or 0.0)
+    working = wall_seconds - (gate_wait_seconds or 0.0)
     if working <= 0:
         return None
-    value = round(run.task_seconds / working, 2)
+    value = round(task_seconds / working, 2)
     return value or None  # never a "0.0x": too small to show is not shown
 
 

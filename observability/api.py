@@ -27,6 +27,7 @@ from rest_framework.response import Response
 
 from config.api import BooleanFilter, Needs, cursor, get_or_404, id_from
 from executions import api as executions_api
+from executions.api.common import PlainList, iso
 from executions.capture import Captured
 from executions.models import ExecutionRun
 from executions.signals import output_captured
@@ -164,7 +165,18 @@ ERRORS = {
 }
 
 
-class _WaveRecords(generics.ListAPIView):
+def _links(r: dict) -> dict:
+    """_RecordSerializer.LINKS of a row read with `.values(*LINK_COLUMNS, ...)`."""
+    return {
+        "id": r["id"], "execution_id": r["execution_id"], "wave_id": r["wave_id"], "task_id": r["task_id"],
+        "task": r["task_key"], "agent_id": r["agent_id"], "instance_id": r["instance_id"],
+    }  # fmt: skip
+
+
+LINK_COLUMNS = ("id", "execution_id", "wave_id", "task_id", "task_key", "agent_id", "instance_id")
+
+
+class _WaveRecords(PlainList, generics.ListAPIView):
     """A list of one wave's records. The wave is found among those the user may see (else
     404); its id is checked before anything else (400 naming `wave_id`)."""
 
@@ -180,11 +192,23 @@ class _WaveRecords(generics.ListAPIView):
         return type(self).selector(self.request.wave)
 
 
+def _transcript_row(r: dict) -> dict:
+    """TranscriptEntrySerializer's output for a row of `TranscriptView.columns`."""
+    return {
+        **_links(r), "wave_number": r["wave_number"], "sequence": r["sequence"],
+        "entry_type": r["entry_type"], "content": r["content"], "created_at": iso(r["created_at"]),
+    }  # fmt: skip
+
+
 class TranscriptView(_WaveRecords):
     serializer_class = TranscriptEntrySerializer
     filterset_class = TranscriptFilter
     pagination_class = cursor(("sequence", "id"))
     selector = staticmethod(selectors.wave_transcript)
+    columns = (*LINK_COLUMNS, "wave_number", "sequence", "entry_type", "content", "created_at")
+
+    def rows(self, page):
+        return [_transcript_row(r) for r in page]
 
     @extend_schema(
         summary="A wave's transcript, in sequence order (seed 000 §7.3)",
@@ -197,11 +221,27 @@ class TranscriptView(_WaveRecords):
         return super().get(request, *args, **kwargs)
 
 
+def _tool_use_row(r: dict) -> dict:
+    """ToolUseSerializer's output for a row of `ToolUseView.columns`."""
+    return {
+        **_links(r), "tool_name": r["tool_name"], "input": r["input"], "output": r["output"],
+        "is_error": r["is_error"], "is_blocked": r["is_blocked"], "start_time": iso(r["start_time"]),
+        "end_time": iso(r["end_time"]), "duration_ms": r["duration_ms"],
+    }  # fmt: skip
+
+
 class ToolUseView(_WaveRecords):
     serializer_class = ToolUseSerializer
     filterset_class = ToolUseFilter
     pagination_class = cursor(("id",))
     selector = staticmethod(selectors.wave_tool_uses)
+    columns = (
+        *LINK_COLUMNS, "tool_name", "input", "output", "is_error", "is_blocked", "start_time", "end_time",
+        "duration_ms",
+    )  # fmt: skip
+
+    def rows(self, page):
+        return [_tool_use_row(r) for r in page]
 
     @extend_schema(
         summary="A wave's tool uses; ?is_error=true for its errors (seed 000 §7.4)",
@@ -213,11 +253,23 @@ class ToolUseView(_WaveRecords):
         return super().get(request, *args, **kwargs)
 
 
+def _assertion_row(r: dict) -> dict:
+    """AssertionResultSerializer's output for a row of `AssertionView.columns`."""
+    return {
+        **_links(r), "name": r["name"], "passed": r["passed"], "message": r["message"],
+        "created_at": iso(r["created_at"]),
+    }  # fmt: skip
+
+
 class AssertionView(_WaveRecords):
     serializer_class = AssertionResultSerializer
     filterset_class = AssertionFilter
     pagination_class = cursor(("id",))
     selector = staticmethod(selectors.wave_assertions)
+    columns = (*LINK_COLUMNS, "name", "passed", "message", "created_at")
+
+    def rows(self, page):
+        return [_assertion_row(r) for r in page]
 
     @extend_schema(
         summary="A wave's assertion results; ?passed=false for its failures",

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from config.api import Needs, cursor, get_or_404, id_from, path_id, whole_number
 from executions import selectors
-from executions.api.common import ERRORS, RUN_ID, choice, status_field
+from executions.api.common import ERRORS, RUN_ID, PlainList, choice, iso, status_field
 from executions.api.runs import RunCountsSerializer, _RunRecords
 from executions.models import (
     AgentStatus,
@@ -52,12 +52,34 @@ class ActiveAgentSerializer(serializers.ModelSerializer):
         return round((self.context["now"] - agent.started_at).total_seconds(), 3)
 
 
-class _Agents:
+def _agent_row(r: dict, now) -> dict:
+    """ActiveAgentSerializer's output for a row of `_Agents.columns` at `now`."""
+    return {
+        "agent_id": r["id"], "instance_id": r["instance_id"], "status": r["status"],
+        "execution": r["execution_id"], "task_list": r["task_list_id"],
+        "task_list_title": r["task_list_title"], "wave": r["wave_id"], "wave_number": r["wave_number"],
+        "task": r["task_id"], "task_key": r["task_key"], "display_id": r["display_id"],
+        "task_title": r["task_title"], "attempt": r["attempt"], "hostname": r["hostname"], "pid": r["pid"],
+        "started_at": iso(r["started_at"]), "last_heartbeat": iso(r["last_heartbeat"]),
+        "running_seconds": round((now - r["started_at"]).total_seconds(), 3),
+    }  # fmt: skip
+
+
+class _Agents(PlainList):
     serializer_class = ActiveAgentSerializer
     queryset = BuildAgentInstance.objects.none()
+    columns = (
+        "id", "instance_id", "status", "execution_id", "task_list_id", "task_list_title", "wave_id", "wave_number",
+        "task_id", "task_key", "display_id", "task_title", "attempt", "hostname", "pid", "started_at",
+        "last_heartbeat",
+    )  # fmt: skip
 
     def get_serializer_context(self):
         return {**super().get_serializer_context(), "now": timezone.now()}
+
+    def rows(self, page):
+        now = timezone.now()
+        return [_agent_row(r, now) for r in page]
 
 
 class RunAgentsView(_Agents, _RunRecords):
@@ -123,14 +145,30 @@ class AuditFilter(django_filters.FilterSet):
         fields = ("status", "key")
 
 
-class RunAuditView(_RunRecords):
+def _audit_row(r: dict) -> dict:
+    """AuditSerializer's output for a row of `RunAuditView.columns`."""
+    return {
+        "id": r["id"], "wave_task": r["wave_task_id"], "key": r["key"], "task": r["task_id"],
+        "attempt": r["attempt"], "previous_status": r["previous_status"], "new_status": r["new_status"],
+        "changed_at": iso(r["changed_at"]), "actor": r["actor"], "reason": r["reason"],
+    }  # fmt: skip
+
+
+class RunAuditView(PlainList, _RunRecords):
     queryset = TaskStatusAudit.objects.none()
     serializer_class = AuditSerializer
     filterset_class = AuditFilter
     pagination_class = cursor("id")
+    columns = (
+        "id", "wave_task_id", "key", "task_id", "attempt", "previous_status", "new_status", "changed_at", "actor",
+        "reason",
+    )  # fmt: skip
 
     def records(self, run):
         return selectors.run_audit(run)
+
+    def rows(self, page):
+        return [_audit_row(r) for r in page]
 
     @extend_schema(
         summary="A run's task status audit, in order (seed 004 §15)",
@@ -158,7 +196,7 @@ class EventFilter(django_filters.FilterSet):
         fields = ("after", "type")
 
 
-class RunEventsView(_RunRecords):
+class RunEventsView(PlainList, _RunRecords):
     """GET executions/{execution_id}/events/. The same path takes POSTs of external agents'
     events (observability's ingest view): a view serving both can inherit this one."""
 
@@ -166,9 +204,16 @@ class RunEventsView(_RunRecords):
     serializer_class = RunEventSerializer
     filterset_class = EventFilter
     pagination_class = cursor("id")
+    columns = ("id", "type", "payload", "created_at")
 
     def records(self, run):
         return Event.objects.filter(execution=run)
+
+    def rows(self, page):
+        return [
+            {"id": r["id"], "type": r["type"], "payload": r["payload"], "created_at": iso(r["created_at"])}
+            for r in page
+        ]
 
     @extend_schema(
         summary="A run's event log after an id (for clients that poll instead of listening)",
@@ -226,15 +271,21 @@ class SessionFilter(django_filters.FilterSet):
         fields = ("status",)
 
 
-class SessionListView(generics.ListAPIView):
+class SessionListView(PlainList, generics.ListAPIView):
     permission_classes = [Needs]
     queryset = ConcurrentExecutionSession.objects.none()
     serializer_class = SessionSerializer
     filterset_class = SessionFilter
+    columns = SessionSerializer.Meta.fields  # every one a column, shown as read but for the times
 
     def get_queryset(self):
         runs = selectors.visible_runs(self.request.user)
         return selectors.visible_sessions(runs).order_by("-started_at", "-id")
+
+    def rows(self, page):
+        return [
+            {**r, "started_at": iso(r["started_at"]), "completed_at": iso(r["completed_at"])} for r in page
+        ]
 
     @extend_schema(
         summary="Concurrent execution sessions holding a run you may see, newest first",

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from config.api import Needs, get_or_404, id_from, path_id, whole_number
 from executions import selectors
-from executions.api.common import ERRORS, RUN_ID, _seconds, choice, status_field
+from executions.api.common import ERRORS, RUN_ID, PlainList, _seconds, choice, iso, status_field
 from executions.models import (
     ExecutionRun,
     ParallelExecutionWave,
@@ -136,14 +136,44 @@ def _run(request, value, name: str = "execution_id") -> ExecutionRun:
     return get_or_404(_with_list(selectors.visible_runs(request.user)), pk=pk)
 
 
-class RunListView(generics.ListAPIView):
+RUN_COLUMNS = (
+    "id", "task_list_id", "task_list__title", "session_id", "status", "backend", "schedule", "max_parallelism",
+    "simulate_scale", "attempt", "resumed_from_id", "resumed_by_id", "created_at", "started_at", "completed_at",
+    "wall_seconds", "task_seconds", "gate_wait_seconds", "peak_concurrency", "cancel_requested_at",
+    "cancel_requested_by", "error",
+)  # fmt: skip
+
+
+def run_row(r: dict, runs_url: str) -> dict:
+    """RunSerializer's output for a row of RUN_COLUMNS; `runs_url` is the run list's address."""
+    return {
+        "id": r["id"], "url": f"{runs_url}{r['id']}/", "task_list": r["task_list_id"],
+        "task_list_name": r["task_list__title"], "session": r["session_id"], "status": r["status"],
+        "backend": r["backend"], "schedule": r["schedule"], "max_parallelism": r["max_parallelism"],
+        "simulate_scale": r["simulate_scale"], "attempt": r["attempt"], "resumed_from": r["resumed_from_id"],
+        "resumed_by": r["resumed_by_id"], "created_at": iso(r["created_at"]), "started_at": iso(r["started_at"]),
+        "completed_at": iso(r["completed_at"]), "wall_seconds": r["wall_seconds"],
+        "task_seconds": r["task_seconds"], "gate_wait_seconds": r["gate_wait_seconds"],
+        "speedup": selectors.speedup_of(r["wall_seconds"], r["task_seconds"], r["gate_wait_seconds"]),
+        "peak_concurrency": r["peak_concurrency"], "cancel_requested": r["cancel_requested_at"] is not None,
+        "cancel_requested_at": iso(r["cancel_requested_at"]), "cancel_requested_by": r["cancel_requested_by"],
+        "error": r["error"],
+    }  # fmt: skip
+
+
+class RunListView(PlainList, generics.ListAPIView):
     permission_classes = [Needs]
     queryset = ExecutionRun.objects.none()
     serializer_class = RunSerializer
     filterset_class = RunFilter
+    columns = RUN_COLUMNS
 
     def get_queryset(self):
         return _with_list(selectors.visible_runs(self.request.user)).order_by("-id")
+
+    def rows(self, page):
+        runs_url = self.request.build_absolute_uri(reverse("api:execution-list"))
+        return [run_row(r, runs_url) for r in page]
 
     @extend_schema(
         summary="Runs of your teams' task lists, newest first",
@@ -220,13 +250,34 @@ class RunTaskFilter(django_filters.FilterSet):
         fields = ("status", "wave", "key")
 
 
-class RunTasksView(_RunRecords):
+def _task_row(r: dict) -> dict:
+    """RunTaskSerializer's output for a row of `RunTasksView.columns`."""
+    return {
+        "id": r["id"], "key": r["key"], "title": r["title"], "kind": r["kind"], "wave": r["wave_id"],
+        "wave_number": r["wave_number"], "parent": r["parent_key"], "item_index": r["item_index"],
+        "item": r["item"], "status": r["status"], "attempt": r["attempt"],
+        "started_at": iso(r["started_at"]), "completed_at": iso(r["completed_at"]),
+        "duration_seconds": _seconds(r["started_at"], r["completed_at"]), "exit_code": r["exit_code"],
+        "outputs": r["outputs"], "error": r["error"], "approval_decision": r["approval_decision"],
+        "approved_by": r["approved_by"], "approved_at": iso(r["approved_at"]),
+    }  # fmt: skip
+
+
+class RunTasksView(PlainList, _RunRecords):
     queryset = WaveTask.objects.none()
     serializer_class = RunTaskSerializer
     filterset_class = RunTaskFilter
+    columns = (
+        "id", "key", "title", "kind", "wave_id", "wave_number", "parent_key", "item_index", "item", "status",
+        "attempt", "started_at", "completed_at", "exit_code", "outputs", "error", "approval_decision",
+        "approved_by", "approved_at",
+    )  # fmt: skip
 
     def records(self, run):
         return selectors.run_wave_tasks(run)
+
+    def rows(self, page):
+        return [_task_row(r) for r in page]
 
     @extend_schema(
         summary="A run's tasks: status, attempt, wave, times, exit code, outputs",
@@ -295,13 +346,34 @@ class RunWaveFilter(django_filters.FilterSet):
         fields = ("status",)
 
 
-class RunWavesView(_RunRecords):
+def _wave_row(r: dict) -> dict:
+    """RunWaveSerializer's output for a row of `RunWavesView.columns`."""
+    done, judged = r["completed_count"] + r["skipped_count"], r["completed_count"] + r["failed_count"]
+    return {
+        "id": r["id"], "execution": r["execution_id"], "wave_number": r["wave_number"], "status": r["status"],
+        "started_at": iso(r["started_at"]), "completed_at": iso(r["completed_at"]),
+        "duration_seconds": _seconds(r["started_at"], r["completed_at"]), "max_parallelism": r["max_parallelism"],
+        "task_count": r["task_count"], **{name: r[name] for name in selectors.WAVE_COUNTERS.values()},
+        "done": done, "percent": 100 * done // r["task_count"] if r["task_count"] else 0,
+        "pass_rate": round(r["completed_count"] / judged, 4) if judged else None, "agent_count": r["agent_count"],
+        "execution_status": r["execution_status"], "task_list_title": r["task_list_title"],
+    }  # fmt: skip
+
+
+class RunWavesView(PlainList, _RunRecords):
     queryset = ParallelExecutionWave.objects.none()
     serializer_class = RunWaveSerializer
     filterset_class = RunWaveFilter
+    columns = (
+        "id", "execution_id", "wave_number", "status", "started_at", "completed_at", "max_parallelism", "task_count",
+        *selectors.WAVE_COUNTERS.values(), "agent_count", "execution_status", "task_list_title",
+    )  # fmt: skip
 
     def records(self, run):
         return selectors.wave_progress(run)
+
+    def rows(self, page):
+        return [_wave_row(r) for r in page]
 
     @extend_schema(
         summary="A run's wave progress, by wave number (seed 000 §7.1)",
@@ -336,12 +408,30 @@ class TimelineEntrySerializer(serializers.ModelSerializer):
         return _seconds(wt.started_at, wt.completed_at)
 
 
-class RunTimelineView(_RunRecords):
+def _timeline_row(r: dict) -> dict:
+    """TimelineEntrySerializer's output for a row of `RunTimelineView.columns`."""
+    return {
+        "id": r["id"], "key": r["key"], "title": r["title"], "wave_number": r["wave_number"],
+        "parent": r["parent_key"], "status": r["status"], "attempt": r["attempt"],
+        "queued_at": iso(r["queued_at"]), "started_at": iso(r["started_at"]),
+        "completed_at": iso(r["completed_at"]),
+        "duration_seconds": _seconds(r["started_at"], r["completed_at"]),
+    }  # fmt: skip
+
+
+class RunTimelineView(PlainList, _RunRecords):
     queryset = WaveTask.objects.none()
     serializer_class = TimelineEntrySerializer
+    columns = (
+        "id", "key", "title", "wave_number", "parent_key", "status", "attempt", "queued_at", "started_at",
+        "completed_at",
+    )  # fmt: skip
 
     def records(self, run):
         return selectors.run_timeline(run)
+
+    def rows(self, page):
+        return [_timeline_row(r) for r in page]
 
     @extend_schema(
         summary="A run's timeline: each task's queue, start, end and duration, by start (seed 000 §7.5)",
