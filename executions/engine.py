@@ -91,6 +91,7 @@ class Engine:
         self.seq = itertools.count(1)
         self.captured: list[Captured] = []
         self.by_handle: dict[str, Node] = {}
+        self.in_queue = 0  # launched on a queueing runner, not yet started
         self.task_seconds = 0.0
         self.gate_wait = 0.0
         self.idle_since: float | None = None
@@ -167,8 +168,8 @@ class Engine:
                 self.now_launch = timezone.now()
                 self._apply(self.sched.dispatch(time.monotonic()))
             more = self.writes.flush(self._gate_found_decided)
-            if self.peak < len(self.by_handle):
-                self.peak = len(self.by_handle)
+            if self.peak < len(self.by_handle) - self.in_queue:
+                self.peak = len(self.by_handle) - self.in_queue
                 services.run_update(self.run, peak_concurrency=self.peak, now=self.now)
             if not more:
                 return
@@ -180,7 +181,12 @@ class Engine:
         if node is None:
             return
         if isinstance(event, Started):
-            node.agent = self.writes.agent_started(node, event, when(event.at, self.now))
+            at = when(event.at, self.now)
+            if node.iteration is not None:  # it waited in a queue: running from its start
+                self.writes.launch(node, node.iteration, at)
+                node.iteration, self.in_queue = None, self.in_queue - 1
+                node.started = time.monotonic() - max(0.0, time.time() - event.at) if event.at else time.monotonic()
+            node.agent = self.writes.agent_started(node, event, at)
             self._system(node, f"attempt {node.wt.attempt} started: pid {event.pid} on {event.hostname}")
         elif isinstance(event, Output):
             self._capture(node, "system" if event.stream == "system" else event.stream, event.text)
@@ -189,6 +195,8 @@ class Engine:
 
     def _finished(self, node: Node, event: Finished) -> None:
         del self.by_handle[event.handle]
+        if node.iteration is not None:  # ended in the queue (cancelled, lost): it never ran
+            node.iteration, self.in_queue = None, self.in_queue - 1
         seconds = time.monotonic() - node.started
         self.task_seconds += seconds
         node.seconds += seconds
@@ -265,7 +273,11 @@ class Engine:
         self.runner.launch(spec)
         node.handle, node.started, node.agent = spec.handle, time.monotonic(), None
         self.by_handle[spec.handle] = node
-        self.writes.launch(node, iteration, self.now_launch)
+        if getattr(self.runner, "queues", False):
+            node.iteration, self.in_queue = iteration, self.in_queue + 1  # queued until reported started
+            self.writes.sent(node, self.now_launch)
+        else:
+            self.writes.launch(node, iteration, self.now_launch)
 
     def _spec(self, node: Node, iteration: int) -> LaunchSpec:
         ctx = self.sched.context(node.wt.key)
@@ -396,10 +408,12 @@ class Engine:
             status = RunStatus.SUCCEEDED
         wall = (self.t_end or time.monotonic()) - self.t0
         working = wall - self.gate_wait
+        # The loop saw its attempts at each turn; the agents' recorded lifetimes are exact.
+        self.peak = services.agents_peak("%s", [self.run.pk])
         with transaction.atomic():
             services.run_update(
                 self.run, status=status, completed_at=now, wall_seconds=wall, task_seconds=self.task_seconds,
-                gate_wait_seconds=self.gate_wait, executor_heartbeat=now, now=now,
+                gate_wait_seconds=self.gate_wait, executor_heartbeat=now, peak_concurrency=self.peak, now=now,
             )  # fmt: skip
         services.session_leave(self.run, now)
         return Summary(

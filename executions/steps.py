@@ -36,6 +36,7 @@ class Node:
     handle: str | None = None
     agent: Any = None
     started: float = 0.0
+    iteration: int | None = None  # of an attempt launched but not yet started (a queueing runner)
     seconds: float = 0.0  # time spent running, all attempts
     instances: list[str] = field(default_factory=list)
 

@@ -101,7 +101,7 @@ class Writes:
                 self.waves_done.append((state, now))
 
     def settle(self, node, d: Settle, now: datetime) -> None:
-        own = ["error", "exit_code"]
+        own = ["error", "exit_code", "attempt"]  # attempt: one that ended while still queued
         node.wt.error = d.error
         if d.outputs is not UNSET:
             node.wt.outputs = d.outputs
@@ -118,10 +118,16 @@ class Writes:
     def launch(self, node, iteration: int, now: datetime) -> None:
         attempt = f"attempt {node.wt.attempt}"
         reason = f"iteration {iteration}, {attempt}" if node.task.repeat else attempt
-        self._move(
-            node, S.RUNNING, now, reason=reason, own=["attempt"], started_at=now, completed_at=None, exit_code=None
-        )
+        # exit_code is the step's own, not a value the group shares: a queueing runner may report
+        # the start and the end in one turn, and the end's code is set before either is written.
+        node.wt.exit_code = None
+        self._move(node, S.RUNNING, now, reason=reason, own=["attempt", "exit_code"], started_at=now, completed_at=None)
         self._wave_started(node, now)
+
+    def sent(self, node, now: datetime) -> None:
+        """An attempt handed to a queueing runner: the step is queued until a worker starts it."""
+        if node.wt.status != S.QUEUED:
+            self._move(node, S.QUEUED, now, reason=f"attempt {node.wt.attempt} waits for a worker", own=["attempt"])
 
     def gate(self, node) -> None:
         expected = node.wt.status

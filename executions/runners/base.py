@@ -71,6 +71,11 @@ RunnerEvent = Started | Output | Finished
 
 
 class Runner(Protocol):
+    # True when a launched attempt may wait (in a broker's queue) before anything runs it: its
+    # step stays `queued` until the runner reports it `Started`, so no display counts it as
+    # running while it waits for a worker.
+    queues: bool
+
     def launch(self, spec: LaunchSpec) -> None: ...
 
     def poll(self, timeout: float) -> list[RunnerEvent]: ...

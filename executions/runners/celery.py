@@ -50,6 +50,8 @@ class _InFlight:
 
 
 class CeleryRunner:
+    queues = True  # an attempt waits in the broker until a worker takes it
+
     def __init__(self):
         from config.celery import app  # imported here: celery is only needed by this backend
 

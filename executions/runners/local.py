@@ -58,6 +58,8 @@ class _Attempt:
 
 
 class LocalRunner:
+    queues = False  # an attempt's process starts at launch
+
     def __init__(self, *, max_line_bytes: int | None = None):
         self.max_line_bytes = max_line_bytes or settings.TIDEWATCH["TRANSCRIPT_ENTRY_MAX_BYTES"]
         self.max_bytes = settings.TIDEWATCH["TRANSCRIPT_MAX_BYTES"]

@@ -189,6 +189,9 @@ def test_an_executor_killed_mid_run_leaves_nothing_running_on_the_worker(tmp_pat
         proc=proc, what="the run",
     )  # fmt: skip
     row = wait_for(lambda: started(run_id, "long"), proc=proc, what="long to start on the worker")
+    # The executor records the start when it reads it back (the step was queued until then).
+    running = WaveTask.objects.filter(execution_id=run_id, key="long", status=S.RUNNING)
+    wait_for(running.exists, proc=proc, what="the executor to record that long runs")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert services.reap_abandoned_runs() == [run_id]  # its pid is gone from this host
@@ -234,6 +237,27 @@ def test_two_workers_share_a_run_and_a_template_queue_routes_to_its_own_workers(
     assert heavy.queue == heavy_queue and heavy.worker.endswith(f":{third.pid}")
 
 
+def test_a_step_waiting_for_a_worker_is_queued_not_running(tmp_path, workers, executor):
+    importing(tmp_path, "one-worker", [{"id": f"s{i}", "run": "sleep 0.5"} for i in range(3)], max_parallelism=3)
+    workers()  # one solo worker: one attempt at a time, the others wait in the broker
+    code, summary = finish(executor("one-worker", "--backend", "celery", "--json"))
+    assert code == 0, summary
+    run = ExecutionRun.objects.get(pk=summary["run_id"])
+    moves = []
+    for wt in WaveTask.objects.filter(execution=run):
+        history = list(TaskStatusAudit.objects.filter(wave_task=wt).order_by("id"))
+        assert [a.new_status for a in history] == [S.PENDING, S.QUEUED, S.RUNNING, S.SUCCEEDED]
+        moves += [(history[2].changed_at, 1), (history[3].changed_at, -1)]
+    running = peak = 0
+    for _, d in sorted(moves):
+        running += d
+        peak = max(peak, running)
+    session = ConcurrentExecutionSession.objects.get(pk=run.session_id)
+    # What the records, the run and the session say ran at once is what the worker ran.
+    assert peak == run.peak_concurrency == summary["peak_concurrency"] == 1
+    assert (session.peak_concurrent_tasks, session.peak_concurrent_agents) == (1, 1)
+
+
 class TwiceRunner(CeleryRunner):
     """Every message goes to the broker twice: at-least-once delivery, at its worst."""
 
@@ -258,7 +282,7 @@ def test_a_message_delivered_twice_is_recorded_once(tmp_path, workers, celery_en
         raise AssertionError(f"{turned_away()} turned away:\n{first.text()}\n{second.text()}") from None
     assert turned_away() == 5, first.text() + second.text()
     assert_audit_replays(run)
-    assert TaskStatusAudit.objects.filter(execution=run).count() == 5 * 3  # pending, running, succeeded
+    assert TaskStatusAudit.objects.filter(execution=run).count() == 5 * 4  # pending, queued, running, succeeded
     assert BuildAgentInstance.objects.filter(execution=run).count() == 5
     assert RemoteLine.objects.filter(attempt__execution=run, stream="stdout").count() == 5
     assert TranscriptEntry.objects.filter(execution=run, entry_type="stdout").count() == 5

@@ -61,7 +61,7 @@ def test_each_message_delivered_twice_runs_and_counts_once(tmp_path):
     assert summary.status == "succeeded"
     assert sum("not run: it is no longer queued" in o for o in runner.outcomes) == 4
     assert_audit_replays(WaveTask.objects.get(key="end").execution)
-    assert TaskStatusAudit.objects.filter(execution_id=summary.run_id).count() == 4 * 3
+    assert TaskStatusAudit.objects.filter(execution_id=summary.run_id).count() == 4 * 4  # pending, queued, running, succeeded
     assert BuildAgentInstance.objects.filter(execution_id=summary.run_id).count() == 4
     assert TranscriptEntry.objects.filter(execution_id=summary.run_id, entry_type="stdout").count() == 4
     assert RemoteAttempt.objects.filter(execution_id=summary.run_id, state="finished").count() == 4
