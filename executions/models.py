@@ -206,8 +206,10 @@ class WaveTask(models.Model):
             models.UniqueConstraint(fields=["execution", "key"], name="wave_task_key_unique_in_run"),
         ]
         # No index on status: every transition updates it, and an updated column that no index
-        # holds lets PostgreSQL update the row in place of its indexes (a HOT update). The
-        # queries on status narrow by run (the unique index) or by task (its FK index) first.
+        # holds lets PostgreSQL update the row in place of its indexes (a HOT update), if the
+        # new version fits in the row's page: migration 0006 leaves half of each page free
+        # for that (fillfactor 50). The queries on status narrow by run (the unique index) or
+        # by task (its FK index) first.
 
     def __str__(self):
         return f"{self.key} (run {self.execution_id})"
@@ -286,8 +288,9 @@ class Event(models.Model):
     """The event log: one row per live event, written in the transaction of the change it
     reports. Its id is the cursor websocket clients resume from."""
 
+    # Looked up through idx_event_execution, which starts with it: no index of its own.
     execution = models.ForeignKey(
-        ExecutionRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+        ExecutionRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events", db_index=False
     )
     type = models.CharField(max_length=40)
     payload = models.JSONField(default=dict)

@@ -18,6 +18,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from json.encoder import encode_basestring_ascii
 
 from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
@@ -32,7 +33,17 @@ from executions.models import (
     TaskStatus,
     WaveTask,
 )
-from executions.records import audits_write, events_add, events_write, iso, session_move
+from executions.records import (
+    Block,
+    audits_write,
+    copy_text,
+    copy_time,
+    events_add,
+    events_block,
+    events_write,
+    iso,
+    session_move,
+)
 from executions.signals import agent_changed, task_status_changed, wave_changed
 
 S = TaskStatus
@@ -71,20 +82,42 @@ def task_event(wt: WaveTask, previous: str | None, actor: str | None, reason: st
     return (
         wt.execution_id,
         "task.update",
-        {
-            "execution_id": wt.execution_id,
-            "wave_task_id": wt.pk,
-            "task_id": wt.task_id,
-            "wave_id": wt.wave_id,
-            "key": wt.key,
-            "status": wt.status,
-            "previous_status": previous,
-            "attempt": wt.attempt,
-            "actor": actor,
-            "reason": reason,
-            "at": iso(now),
-        },
+        _task_payload(
+            (wt.pk, wt.task_id, wt.execution_id, wt.wave_id, wt.key, wt.attempt, previous, wt.status),
+            actor,
+            reason,
+            now,
+        ),
     )
+
+
+def _task_payload(row: tuple, actor: str | None, reason: str | None, now: datetime) -> dict:
+    """The payload of a task.update event from a `_snapshot` row (`_event_text` writes the
+    same keys in the same order)."""
+    pk, task_id, execution_id, wave_id, key, attempt, previous, status = row
+    return {
+        "execution_id": execution_id,
+        "wave_task_id": pk,
+        "task_id": task_id,
+        "wave_id": wave_id,
+        "key": key,
+        "status": status,
+        "previous_status": previous,
+        "attempt": attempt,
+        "actor": actor,
+        "reason": reason,
+        "at": iso(now),
+    }
+
+
+def _snapshot(changes: list[tuple[WaveTask, str | None]]) -> list[tuple]:
+    """What the records of each change need, as the wave task is now: the rows may be written
+    later (at the end of a `records.batch()`), after further changes to the same objects.
+    (`id` is the pk, read without the `pk` property's lookup.)"""
+    return [
+        (wt.id, wt.task_id, wt.execution_id, wt.wave_id, wt.key, wt.attempt, previous, wt.status)
+        for wt, previous in changes
+    ]
 
 
 def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> None:
@@ -92,25 +125,99 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
     if not changes:
         return
     reason = (reason or None) and reason[:500]
-    # In the order of records.AUDIT_COLUMNS.
+    rows = _snapshot(changes)
     audits_write(
-        (wt.pk, wt.task_id, wt.execution_id, wt.attempt, previous, wt.status, now, actor, reason)
-        for wt, previous in changes
+        Block(
+            now,
+            # In the order of records.AUDIT_COLUMNS.
+            lambda: [
+                (pk, task_id, execution_id, attempt, previous, status, now, actor, reason)
+                for pk, task_id, execution_id, _, _, attempt, previous, status in rows
+            ],
+            lambda: _audit_text(rows, actor, reason, now),
+        )
     )
-    events_write([task_event(wt, previous, actor, reason, now) for wt, previous in changes], now)
+    events_block(
+        Block(
+            now,
+            # In the order of records.EVENT_COLUMNS.
+            lambda: [(row[2], "task.update", _task_payload(row, actor, reason, now), now) for row in rows],
+            lambda: _event_text(rows, actor, reason, now),
+        )
+    )
     running_delta: dict[int, int] = defaultdict(int)
-    for wt, previous in changes:
-        running_delta[wt.execution_id] += (wt.status == S.RUNNING) - (previous == S.RUNNING)
+    for _, _, execution_id, _, _, _, previous, status in rows:
+        if delta := (status == S.RUNNING) - (previous == S.RUNNING):
+            running_delta[execution_id] += delta
     for execution_id, delta in running_delta.items():
         if delta:
             session_move(execution_id, now, tasks=delta)
     task_status_changed.send(
         sender=WaveTask,
         changes=[
-            StatusChange(wt.pk, wt.task_id, wt.execution_id, wt.wave_id, previous, wt.status)
-            for wt, previous in changes
+            StatusChange(pk, task_id, execution_id, wave_id, previous, status)
+            for pk, task_id, execution_id, wave_id, _, _, previous, status in rows
         ],
     )
+
+
+# --- the same rows as COPY text -----------------------------------------------------------------
+# From the `_snapshot` rows, for PostgreSQL: the rows `_record`'s tuples make, each value as the
+# driver would send it, with what a change set shares (statuses, actor, reason, time) rendered
+# once. A value that is not an int where one belongs (TypeError, ValueError) leaves the block
+# to its tuples.
+
+
+class _Texts(dict):
+    """Each distinct value's text, rendered once."""
+
+    def __init__(self, render):
+        super().__init__()
+        self.render = render
+
+    def __missing__(self, value):
+        text = self[value] = self.render(value)
+        return text
+
+
+def _json_copy(value) -> str:
+    """A value as JSON (as json.dumps writes it) in a field of COPY's text format: JSON escapes
+    every control character, which leaves the backslash to double."""
+    return json.dumps(value).replace("\\", "\\\\")
+
+
+def _audit_text(rows: list[tuple], actor, reason, now) -> str | None:
+    status = _Texts(copy_text)
+    tail = f"\t{copy_time(now)}\t{copy_text(actor)}\t{copy_text(reason)}\n"
+    try:
+        return "".join(
+            [
+                f"{pk:d}\t{task_id:d}\t{execution_id:d}\t{attempt:d}\t{status[previous]}\t{status[new]}{tail}"
+                for pk, task_id, execution_id, _, _, attempt, previous, new in rows
+            ]
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _event_text(rows: list[tuple], actor, reason, now) -> str | None:
+    status = _Texts(_json_copy)
+    tail = (
+        f', "actor": {_json_copy(actor)}, "reason": {_json_copy(reason)}, "at": {_json_copy(iso(now))}}}'
+        f"\t{copy_time(now)}\n"
+    )
+    bs, bs2 = "\\", "\\\\"
+    try:
+        return "".join(
+            [
+                f'{execution_id:d}\ttask.update\t{{"execution_id": {execution_id:d}, "wave_task_id": {pk:d}, '
+                f'"task_id": {task_id:d}, "wave_id": {wave_id:d}, "key": {encode_basestring_ascii(key).replace(bs, bs2)}, '
+                f'"status": {status[new]}, "previous_status": {status[previous]}, "attempt": {attempt:d}{tail}'
+                for pk, task_id, execution_id, wave_id, key, attempt, previous, new in rows
+            ]
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def wave_tasks_create(
@@ -159,14 +266,8 @@ def transition(
         for i in range(0, len(items), CHUNK):
             chunk = items[i : i + CHUNK]
             by_pk = {wt.pk: wt for wt in chunk}
-            current = (
-                WaveTask.objects.select_for_update()
-                .filter(pk__in=pks_in(by_pk))
-                .values_list("pk", "status")
-                .order_by("pk")
-            )
             changes = []
-            for pk, status in current:
+            for pk, status in _locked(by_pk):
                 wt = by_pk[pk]
                 if status in expected:
                     changes.append((wt, status))
@@ -202,12 +303,37 @@ def update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> No
         model.objects.filter(pk__in=pks_in(pks)).update(**common, **values)
 
 
+def _locked(pks: Iterable[int]) -> list[tuple[int, str]]:
+    """(pk, status) of the wave tasks, read under a row lock taken in pk order (two processes
+    moving some of the same rows lock them in the same order)."""
+    if connection.vendor != "postgresql":
+        return list(
+            WaveTask.objects.select_for_update()
+            .filter(pk__in=list(pks))
+            .values_list("pk", "status")
+            .order_by("pk")
+        )
+    table = connection.ops.quote_name(WaveTask._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, status FROM {table} WHERE id IN (SELECT unnest(%s::bigint[])) ORDER BY id FOR UPDATE",
+            [_bigint_array(pks)],
+        )
+        return cursor.fetchall()
+
+
 def pks_in(pks: Iterable[int]):
     """The right side of a `pk__in`: on PostgreSQL one array parameter instead of one parameter
     per id (10,000 ids: a quarter of a second less to build and parse)."""
     if connection.vendor == "postgresql":
-        return RawSQL("SELECT unnest(%s::bigint[])", [list(pks)])
+        return RawSQL("SELECT unnest(%s::bigint[])", [_bigint_array(pks)])
     return list(pks)
+
+
+def _bigint_array(pks: Iterable[int]) -> str:
+    """Ids as the text of a PostgreSQL bigint[]: one short string to quote, where a list goes
+    through the driver's array adaptation value by value."""
+    return "{" + ",".join(map(str, map(int, pks))) + "}"
 
 
 # --- waves and agents ------------------------------------------------------------------------
