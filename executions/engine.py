@@ -182,10 +182,12 @@ class Engine:
             return
         if isinstance(event, Started):
             at = when(event.at, self.now)
-            if node.iteration is not None:  # it waited in a queue: running from its start
-                self.writes.launch(node, node.iteration, at)
-                node.iteration, self.in_queue = None, self.in_queue - 1
-                node.started = time.monotonic() - max(0.0, time.time() - event.at) if event.at else time.monotonic()
+            if node.waiting is not None:  # it waited in a queue: running from its start
+                iteration, sent = node.waiting
+                at = min(max(at, sent), self.now)  # another host's clock may differ from ours
+                self.writes.launch(node, iteration, at)
+                node.waiting, self.in_queue = None, self.in_queue - 1
+                node.started = time.monotonic() - max(0.0, time.time() - at.timestamp())
             node.agent = self.writes.agent_started(node, event, at)
             self._system(node, f"attempt {node.wt.attempt} started: pid {event.pid} on {event.hostname}")
         elif isinstance(event, Output):
@@ -195,8 +197,11 @@ class Engine:
 
     def _finished(self, node: Node, event: Finished) -> None:
         del self.by_handle[event.handle]
-        if node.iteration is not None:  # ended in the queue (cancelled, lost): it never ran
-            node.iteration, self.in_queue = None, self.in_queue - 1
+        # Recorded at its own end (not when this executor read it), after its start or its send.
+        since = node.agent.started_at if node.agent is not None else node.waiting[1] if node.waiting else self.now
+        ended = min(max(when(event.at, self.now), since), self.now)
+        if node.waiting is not None:  # ended in the queue (cancelled, lost): it never ran
+            node.waiting, self.in_queue = None, self.in_queue - 1
         seconds = time.monotonic() - node.started
         self.task_seconds += seconds
         node.seconds += seconds
@@ -222,7 +227,6 @@ class Engine:
             else AgentStatus.FAILED if error else AgentStatus.SUCCEEDED
         )  # fmt: skip
         if node.agent is not None:
-            ended = max(when(event.at, self.now), node.agent.started_at)
             self.writes.agent_finished(node.agent, status, event.exit_code, ended)
         outcome = f"lost: {error}" if event.lost else f"failed: {error}" if error else status
         self._system(node, f"attempt {node.wt.attempt} {outcome} after {seconds:.2f}s")
@@ -236,24 +240,27 @@ class Engine:
                 outputs=event.outputs or {},
                 now=time.monotonic(),
                 lost=event.lost,
-            )
+            ),
+            at=ended,
         )
 
     # --- carrying out decisions ----------------------------------------------------------------
 
-    def _apply(self, decisions) -> None:
+    def _apply(self, decisions, at: datetime | None = None) -> None:
+        """Carry out the scheduler's decisions; what they record happened `at` (default: now)."""
+        at = at or self.now
         for d in decisions:
             node = self.nodes.get(d.key)
             if isinstance(d, Launch):
                 self._launch(node, d.iteration)
             elif isinstance(d, Settle):
-                self.writes.settle(node, d, self.now)
+                self.writes.settle(node, d, at)
             elif isinstance(d, Queue):
-                self.writes.queue(node, d, self.now)
+                self.writes.queue(node, d, at)
             elif isinstance(d, Gate):
                 self.writes.gate(node)
             elif isinstance(d, Expand):
-                for inst in self.writes.expand(node, d, self.now):
+                for inst in self.writes.expand(node, d, at):
                     self.nodes[inst.wt.key] = inst
                     node.instances.append(inst.wt.key)
 
@@ -274,7 +281,7 @@ class Engine:
         node.handle, node.started, node.agent = spec.handle, time.monotonic(), None
         self.by_handle[spec.handle] = node
         if getattr(self.runner, "queues", False):
-            node.iteration, self.in_queue = iteration, self.in_queue + 1  # queued until reported started
+            node.waiting, self.in_queue = (iteration, self.now_launch), self.in_queue + 1  # until it starts
             self.writes.sent(node, self.now_launch)
         else:
             self.writes.launch(node, iteration, self.now_launch)

@@ -11,6 +11,7 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from executions.models import ExecutionRun, WaveTask
@@ -36,7 +37,8 @@ class Node:
     handle: str | None = None
     agent: Any = None
     started: float = 0.0
-    iteration: int | None = None  # of an attempt launched but not yet started (a queueing runner)
+    # An attempt a queueing runner holds and has not started: (its iteration, when it was sent).
+    waiting: tuple[int, datetime] | None = None
     seconds: float = 0.0  # time spent running, all attempts
     instances: list[str] = field(default_factory=list)
 
