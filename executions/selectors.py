@@ -16,7 +16,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models import Count, Exists, F, Func, OuterRef, Q, QuerySet, Subquery, Window
 from django.db.models.functions import Coalesce, RowNumber
 
 from executions.errors import NotFound
@@ -460,7 +460,7 @@ def visible_sessions(runs: QuerySet[ExecutionRun]) -> QuerySet[ConcurrentExecuti
 def session_summary(session: ConcurrentExecutionSession, runs: QuerySet[ExecutionRun]) -> dict[str, Any]:
     """Seed 000 §7.6 over the session's runs among `runs` (the ones the user may see): its
     task lists, runs per status, waves, steps and agents. The session's own peaks are the
-    session's (every run in it counts). Five queries."""
+    session's (every run in it counts). Three queries."""
     mine = runs.filter(session=session)
     by_status = dict(mine.order_by().values_list("status").annotate(Count("pk")))
     lists = (
@@ -478,7 +478,16 @@ def session_summary(session: ConcurrentExecutionSession, runs: QuerySet[Executio
         "task_lists": [{"id": pk, "title": title} for pk, title in lists],
         "execution_count": sum(by_status.values()),
         "executions": {**dict.fromkeys(RunStatus.values, 0), **by_status},
-        "total_waves": ParallelExecutionWave.objects.filter(execution__in=mine).count(),
-        "total_tasks": WaveTask.objects.filter(_is_step(), execution__in=mine).count(),
-        "total_agents": BuildAgentInstance.objects.filter(execution__in=mine).count(),
+        # The three counts in one query (one round trip instead of three).
+        **ConcurrentExecutionSession.objects.filter(pk=session.pk).values(
+            total_waves=_count(ParallelExecutionWave.objects.filter(execution__in=mine)),
+            total_tasks=_count(WaveTask.objects.filter(_is_step(), execution__in=mine)),
+            total_agents=_count(BuildAgentInstance.objects.filter(execution__in=mine)),
+        )[0],
     }
+
+
+def _count(queryset: QuerySet) -> Subquery:
+    """The number of rows of `queryset` as a scalar subquery (COUNT as a plain function: an
+    aggregate would group the subquery by its rows)."""
+    return Subquery(queryset.order_by().values(n=Func(F("pk"), function="COUNT")))
