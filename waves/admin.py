@@ -51,7 +51,7 @@ def _count(model, fk: str):
 
 @admin.register(TaskTemplate)
 class TaskTemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "max_concurrency", "tasks", "created_at")
+    list_display = ("name", "max_concurrency", "queue", "tasks", "created_at")
     search_fields = ("name", "description")
     ordering = ("name",)
 
