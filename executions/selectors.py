@@ -16,7 +16,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from django.db.models import Count, Exists, F, Func, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Window
 from django.db.models.functions import Coalesce, RowNumber
 
 from executions.errors import NotFound
@@ -361,24 +361,48 @@ def wave_progress(run: ExecutionRun) -> QuerySet[ParallelExecutionWave]:
         name: Count("wave_tasks", filter=step & Q(wave_tasks__status=status))
         for status, name in WAVE_COUNTERS.items()
     }
-    agents = (
-        BuildAgentInstance.objects.filter(wave=OuterRef("pk"))
-        .order_by()
-        .values("wave")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
     return (
         ParallelExecutionWave.objects.filter(execution=run)
         .annotate(
             task_count=Count("wave_tasks", filter=step),
             **counters,
-            agent_count=Coalesce(Subquery(agents), 0),
+            agent_count=_wave_agent_count(),
             task_list_title=F("execution__task_list__title"),
             execution_status=F("execution__status"),
         )
         .order_by("wave_number")
     )
+
+
+def _wave_agent_count() -> Coalesce:
+    agents = BuildAgentInstance.objects.filter(wave=OuterRef("pk")).order_by().values("wave")
+    return Coalesce(Subquery(agents.annotate(n=Count("pk")).values("n")), 0)
+
+
+def run_waves(run: ExecutionRun) -> QuerySet[ParallelExecutionWave]:
+    """The run's waves by wave number with their agent count: wave_progress() less its step
+    counters, which wave_step_counts() reads for a page of waves. Counting the steps of every
+    wave in the query of the waves made both that query and the page's COUNT(*) group the
+    run's wave tasks, and building it took the ORM longer than running it."""
+    return (
+        ParallelExecutionWave.objects.filter(execution=run)
+        .annotate(agent_count=_wave_agent_count())
+        .order_by("wave_number")
+    )
+
+
+def wave_step_counts(wave_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Steps per status of each of these waves, as wave_progress() counts them (one query)."""
+    rows = (
+        WaveTask.objects.filter(_is_step(), wave_id__in=wave_ids)
+        .order_by()
+        .values_list("wave_id", "status")
+        .annotate(Count("pk"))
+    )
+    counts: dict[int, dict[str, int]] = {wave_id: {} for wave_id in wave_ids}
+    for wave_id, status, n in rows:
+        counts[wave_id][status] = n
+    return counts
 
 
 def run_wave_tasks(run: ExecutionRun) -> QuerySet[WaveTask]:
@@ -460,7 +484,7 @@ def visible_sessions(runs: QuerySet[ExecutionRun]) -> QuerySet[ConcurrentExecuti
 def session_summary(session: ConcurrentExecutionSession, runs: QuerySet[ExecutionRun]) -> dict[str, Any]:
     """Seed 000 §7.6 over the session's runs among `runs` (the ones the user may see): its
     task lists, runs per status, waves, steps and agents. The session's own peaks are the
-    session's (every run in it counts). Three queries."""
+    session's (every run in it counts). Five queries."""
     mine = runs.filter(session=session)
     by_status = dict(mine.order_by().values_list("status").annotate(Count("pk")))
     lists = (
@@ -478,16 +502,7 @@ def session_summary(session: ConcurrentExecutionSession, runs: QuerySet[Executio
         "task_lists": [{"id": pk, "title": title} for pk, title in lists],
         "execution_count": sum(by_status.values()),
         "executions": {**dict.fromkeys(RunStatus.values, 0), **by_status},
-        # The three counts in one query (one round trip instead of three).
-        **ConcurrentExecutionSession.objects.filter(pk=session.pk).values(
-            total_waves=_count(ParallelExecutionWave.objects.filter(execution__in=mine)),
-            total_tasks=_count(WaveTask.objects.filter(_is_step(), execution__in=mine)),
-            total_agents=_count(BuildAgentInstance.objects.filter(execution__in=mine)),
-        )[0],
+        "total_waves": ParallelExecutionWave.objects.filter(execution__in=mine).count(),
+        "total_tasks": WaveTask.objects.filter(_is_step(), execution__in=mine).count(),
+        "total_agents": BuildAgentInstance.objects.filter(execution__in=mine).count(),
     }
-
-
-def _count(queryset: QuerySet) -> Subquery:
-    """The number of rows of `queryset` as a scalar subquery (COUNT as a plain function: an
-    aggregate would group the subquery by its rows)."""
-    return Subquery(queryset.order_by().values(n=Func(F("pk"), function="COUNT")))

@@ -346,17 +346,19 @@ class RunWaveFilter(django_filters.FilterSet):
         fields = ("status",)
 
 
-def _wave_row(r: dict) -> dict:
-    """RunWaveSerializer's output for a row of `RunWavesView.columns`."""
-    done, judged = r["completed_count"] + r["skipped_count"], r["completed_count"] + r["failed_count"]
+def _wave_row(r: dict, steps: dict[str, int], run: ExecutionRun) -> dict:
+    """RunWaveSerializer's output for a row of `RunWavesView.columns`, the wave's steps per
+    status and its run."""
+    counters = {name: steps.get(status, 0) for status, name in selectors.WAVE_COUNTERS.items()}
+    task_count, completed = sum(steps.values()), counters["completed_count"]
+    done, judged = completed + counters["skipped_count"], completed + counters["failed_count"]
     return {
         "id": r["id"], "execution": r["execution_id"], "wave_number": r["wave_number"], "status": r["status"],
         "started_at": iso(r["started_at"]), "completed_at": iso(r["completed_at"]),
         "duration_seconds": _seconds(r["started_at"], r["completed_at"]), "max_parallelism": r["max_parallelism"],
-        "task_count": r["task_count"], **{name: r[name] for name in selectors.WAVE_COUNTERS.values()},
-        "done": done, "percent": 100 * done // r["task_count"] if r["task_count"] else 0,
-        "pass_rate": round(r["completed_count"] / judged, 4) if judged else None, "agent_count": r["agent_count"],
-        "execution_status": r["execution_status"], "task_list_title": r["task_list_title"],
+        "task_count": task_count, **counters, "done": done, "percent": 100 * done // task_count if task_count else 0,
+        "pass_rate": round(completed / judged, 4) if judged else None, "agent_count": r["agent_count"],
+        "execution_status": run.status, "task_list_title": run.task_list.title,
     }  # fmt: skip
 
 
@@ -365,15 +367,15 @@ class RunWavesView(PlainList, _RunRecords):
     serializer_class = RunWaveSerializer
     filterset_class = RunWaveFilter
     columns = (
-        "id", "execution_id", "wave_number", "status", "started_at", "completed_at", "max_parallelism", "task_count",
-        *selectors.WAVE_COUNTERS.values(), "agent_count", "execution_status", "task_list_title",
+        "id", "execution_id", "wave_number", "status", "started_at", "completed_at", "max_parallelism", "agent_count",
     )  # fmt: skip
 
     def records(self, run):
-        return selectors.wave_progress(run)
+        return selectors.run_waves(run)
 
     def rows(self, page):
-        return [_wave_row(r) for r in page]
+        steps = selectors.wave_step_counts([r["id"] for r in page])
+        return [_wave_row(r, steps[r["id"]], self.run) for r in page]
 
     @extend_schema(
         summary="A run's wave progress, by wave number (seed 000 §7.1)",
