@@ -449,26 +449,33 @@ def active_agents(runs: QuerySet[ExecutionRun]) -> QuerySet[BuildAgentInstance]:
 def visible_active_agents(user, run: ExecutionRun | None = None) -> QuerySet[BuildAgentInstance]:
     """active_agents() of one run (already found among those `user` may see), or of every run
     `user` may see. The same rows as active_agents(visible_runs(user)), with the team rule on
-    the task list the query joins anyway instead of a subquery over runs: the query already
-    joins six tables, and planning two more took PostgreSQL longer than running it."""
+    the run's task list (two joins) instead of a subquery over runs."""
     if run is not None:
         return _running_agents().filter(execution=run)
     return _running_agents().filter(team_rule(user, "execution__task_list"))
 
 
 def _running_agents() -> QuerySet[BuildAgentInstance]:
+    """What an agent's row shows of its step, task, wave and run comes by a subquery on the
+    related row's primary key, not a join: PostgreSQL planned the query of six joined tables
+    for longer than it ran it, and a page's COUNT(*) kept the joins (the subqueries it drops)."""
     return (
         BuildAgentInstance.objects.filter(status=AgentStatus.RUNNING)
         .annotate(
-            task_key=F("wave_task__key"),
-            display_id=F("task__display_id"),
-            task_title=F("task__title"),
-            wave_number=F("wave__wave_number"),
-            task_list_id=F("execution__task_list_id"),
-            task_list_title=F("execution__task_list__title"),
+            task_key=_column(WaveTask, "wave_task_id", "key"),
+            display_id=_column(Task, "task_id", "display_id"),
+            task_title=_column(Task, "task_id", "title"),
+            wave_number=_column(ParallelExecutionWave, "wave_id", "wave_number"),
+            task_list_id=_column(ExecutionRun, "execution_id", "task_list_id"),
+            task_list_title=_column(ExecutionRun, "execution_id", "task_list__title"),
         )  # fmt: skip
         .order_by("started_at", "id")
     )
+
+
+def _column(model, key: str, column: str) -> Subquery:
+    """`column` of the `model` row whose primary key is the outer row's `key`."""
+    return Subquery(model.objects.filter(pk=OuterRef(key)).values(column)[:1])
 
 
 def run_audit(run: ExecutionRun) -> QuerySet[TaskStatusAudit]:
