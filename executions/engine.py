@@ -416,7 +416,7 @@ class Engine:
         wall = (self.t_end or time.monotonic()) - self.t0
         working = wall - self.gate_wait
         # The loop saw its attempts at each turn; the agents' recorded lifetimes are exact.
-        self.peak = services.agents_peak("%s", [self.run.pk])
+        self.peak = services.run_agents_peak(self.run.pk)
         with transaction.atomic():
             services.run_update(
                 self.run, status=status, completed_at=now, wall_seconds=wall, task_seconds=self.task_seconds,

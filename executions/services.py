@@ -37,7 +37,7 @@ from executions.ownership import (
     run_update,
 )
 from executions.records import batch, events_write, iso
-from executions.sessions import agents_peak, session_count, session_join, session_leave
+from executions.sessions import run_agents_peak, session_count, session_join, session_leave
 from executions.transitions import (
     CHUNK,
     agents_finish,
@@ -50,9 +50,9 @@ from executions.transitions import (
 from waves.models import Task, TaskList
 
 __all__ = [
-    "CHUNK", "NotFound", "OwnershipLost", "ServiceError", "agents_finish", "agents_peak", "agents_start", "batch",
+    "CHUNK", "NotFound", "OwnershipLost", "ServiceError", "agents_finish", "agents_start", "batch",
     "events_write", "executor_identity", "executor_is_gone", "iso", "reap_abandoned_runs", "run_claim",
-    "run_close_abandoned", "run_get", "run_payload", "run_request_cancel", "run_resume", "run_spawn",
+    "run_agents_peak", "run_close_abandoned", "run_get", "run_payload", "run_request_cancel", "run_resume", "run_spawn",
     "run_start", "run_update", "session_count", "session_join", "session_leave", "step_decide",
     "transition", "wave_tasks_create", "wave_update",
 ]  # fmt: skip

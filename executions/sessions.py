@@ -93,12 +93,17 @@ def session_settle(session_id: int) -> None:
     """Set a session's peaks from its runs' records."""
     runs = f"SELECT id FROM {ExecutionRun._meta.db_table} WHERE session_id = %s"
     ConcurrentExecutionSession.objects.filter(pk=session_id).update(
-        peak_concurrent_agents=agents_peak(runs, [session_id]),
-        peak_concurrent_tasks=tasks_peak(runs, [session_id]),
+        peak_concurrent_agents=_agents_peak(runs, [session_id]),
+        peak_concurrent_tasks=_tasks_peak(runs, [session_id]),
     )
 
 
-def agents_peak(runs: str, params: list) -> int:
+def run_agents_peak(run_id: int) -> int:
+    """The most agents of one run whose recorded lifetimes overlap."""
+    return _agents_peak("%s", [run_id])
+
+
+def _agents_peak(runs: str, params: list) -> int:
     """The most agents of the runs `runs` (SQL selecting run ids) whose recorded lifetimes
     overlap. At equal times an end comes before a start, as the live counters order them."""
     agents = BuildAgentInstance._meta.db_table
@@ -109,7 +114,7 @@ def agents_peak(runs: str, params: list) -> int:
     )
 
 
-def tasks_peak(runs: str, params: list) -> int:
+def _tasks_peak(runs: str, params: list) -> int:
     """The most tasks of the runs `runs` running at once, by the audit."""
     return _highest_sum(
         f"SELECT changed_at AS t, CASE WHEN new_status = %s THEN 1 ELSE -1 END AS d FROM "
