@@ -29,6 +29,8 @@ from tests.admin_fixtures import populate
 from tests.api.conftest import token_client
 from tests.executions.fakes import FakeRunner, Script
 from tests.factories import task_list
+from waves.api import TaskListViewSet
+from waves.models import TaskList
 
 pytestmark = pytest.mark.django_db
 
@@ -87,6 +89,10 @@ def world(teams) -> dict:
     )
     ConcurrentExecutionSession.objects.create(started_at=NOW, completed_at=NOW + timedelta(seconds=1))
 
+    # Task lists: one without tasks, archived and replaced, with an odd description.
+    old = task_list(ODD[:29], keys=(), description=ODD, max_parallelism=7)
+    TaskList.objects.filter(pk=old.pk).update(archived_at=NOW, replaced_by=chain, source_format="pipeline")
+
     # Records without an agent or a step, and with every optional column set.
     populated = ExecutionRun.objects.filter(session=session).order_by("pk").first()
     wt = WaveTask.objects.filter(execution=populated).select_related("wave").first()
@@ -116,6 +122,7 @@ def paths(w: dict) -> list[str]:
         f"waves/{wave}/tool-uses/", f"waves/{wave}/tool-uses/?limit=1", f"waves/{wave}/tool-uses/?is_error=true",
         f"waves/{wave}/assertions/", f"waves/{wave}/assertions/?passed=false",
         f"waves/{w['other_wave']}/transcript/",
+        "task-lists/", "task-lists/?limit=1&offset=1", "task-lists/?archived=true", f"task-lists/?name={ODD[:3]}",
     ]  # fmt: skip
 
 
@@ -136,6 +143,7 @@ def test_every_list_answers_what_its_serializer_answered(teams, superuser, monke
     client = token_client(superuser)
     fast = {path: follow(client, path) for path in paths(w)}
     monkeypatch.setattr(PlainList, "list", ListModelMixin.list)  # the serializers, as before
+    monkeypatch.setattr(TaskListViewSet, "list", ListModelMixin.list)
     for path, bodies in fast.items():
         assert b'"results":[]' not in bodies[0], path
         assert follow(client, path) == bodies, path
