@@ -5,6 +5,7 @@ values included, on every page and with every filter."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db.models import Count
 from django.utils import timezone
 from rest_framework.mixins import ListModelMixin
 from rest_framework.renderers import JSONRenderer
@@ -176,3 +177,24 @@ def test_the_rows_hold_nulls_and_odd_values(teams, superuser):
     assert any(row["previous_status"] is None and row["actor"] is None for row in audit)
     agents = client.get("/api/v2/agents/active/").json()["results"]
     assert any(a["last_heartbeat"] is None and a["pid"] is None for a in agents)
+
+
+def test_a_session_summary_counts_as_one_query_per_figure_did(teams, member, superuser):
+    """The summary reads runs per status and the task lists in one grouped query."""
+    w = world(teams)
+    other = task_list("second", keys=("x",), team=teams[0])
+    for user in (member, superuser):
+        for session in ConcurrentExecutionSession.objects.all():
+            ExecutionRun.objects.create(task_list=other, status=RunStatus.CANCELLED, session=session)
+            response = token_client(user).get(f"/api/v2/sessions/{session.pk}/summary/")
+            if response.status_code == 404:
+                continue
+            mine = selectors.visible_runs(user).filter(session=session)
+            by_status = dict(mine.order_by().values_list("status").annotate(Count("pk")))
+            lists = mine.order_by("task_list__title", "task_list_id").values_list(
+                "task_list_id", "task_list__title"
+            )
+            body = response.json()
+            assert body["task_lists"] == [{"id": pk, "title": title} for pk, title in dict.fromkeys(lists)]
+            assert body["executions"] == {**dict.fromkeys(RunStatus.values, 0), **by_status}
+            assert body["execution_count"] == mine.count() > 0, w
