@@ -333,7 +333,7 @@ def _is_step() -> Exists:
     return ~Exists(WaveTask.objects.filter(parent_id=OuterRef("pk")))
 
 
-def run_step_counts(run: ExecutionRun) -> dict[str, int]:
+def run_step_counts(run: ExecutionRun | int) -> dict[str, int]:
     """Steps of the run per status, every status present (one query)."""
     rows = (
         WaveTask.objects.filter(_is_step(), execution=run)

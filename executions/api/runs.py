@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import django_filters
+from django.http import Http404
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers
@@ -183,6 +184,22 @@ class RunListView(PlainList, generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
+DETAIL_COLUMNS = (*RUN_COLUMNS, "executor_hostname", "executor_pid", "executor_heartbeat")
+
+
+def run_detail(r: dict, steps: dict[str, int], absolute) -> dict:
+    """RunDetailSerializer's output for a row of DETAIL_COLUMNS and the run's steps per status;
+    `absolute` makes a path an address (the request's build_absolute_uri)."""
+    total, done = sum(steps.values()), steps[TaskStatus.SUCCEEDED] + steps[TaskStatus.SKIPPED]
+    return {
+        **run_row(r, absolute(reverse("api:execution-list"))),
+        "executor_hostname": r["executor_hostname"], "executor_pid": r["executor_pid"],
+        "executor_heartbeat": iso(r["executor_heartbeat"]), "steps": steps, "total": total, "done": done,
+        "percent": 100 * done // total if total else 0,
+        "links": {name: absolute(reverse(f"api:execution-{name}", args=[r["id"]])) for name in LINKS},
+    }  # fmt: skip
+
+
 class RunDetailView(generics.GenericAPIView):
     permission_classes = [Needs]
     serializer_class = RunDetailSerializer
@@ -193,9 +210,11 @@ class RunDetailView(generics.GenericAPIView):
         responses={200: RunDetailSerializer, **ERRORS},
     )
     def get(self, request, id):
-        run = _run(request, id, "id")
-        context = {**self.get_serializer_context(), "steps": selectors.run_step_counts(run)}
-        return Response(RunDetailSerializer(run, context=context).data)
+        pk = id_from(id, "id")
+        found = selectors.visible_runs(request.user).filter(pk=pk).values(*DETAIL_COLUMNS).first()
+        if found is None:
+            raise Http404("not found")
+        return Response(run_detail(found, selectors.run_step_counts(pk), request.build_absolute_uri))
 
 
 class _RunRecords(generics.ListAPIView):

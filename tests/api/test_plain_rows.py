@@ -9,10 +9,11 @@ from django.db.models import Count
 from django.utils import timezone
 from rest_framework.mixins import ListModelMixin
 from rest_framework.renderers import JSONRenderer
+from rest_framework.test import APIRequestFactory
 
 from executions import selectors, services
 from executions.api.common import PlainList
-from executions.api.runs import RunWaveSerializer
+from executions.api.runs import RunDetailSerializer, RunWaveSerializer
 from executions.engine import Engine
 from executions.models import (
     AgentStatus,
@@ -198,3 +199,12 @@ def test_a_session_summary_counts_as_one_query_per_figure_did(teams, member, sup
             assert body["task_lists"] == [{"id": pk, "title": title} for pk, title in dict.fromkeys(lists)]
             assert body["executions"] == {**dict.fromkeys(RunStatus.values, 0), **by_status}
             assert body["execution_count"] == mine.count() > 0, w
+
+
+def test_a_run_detail_answers_what_its_serializer_answered(teams, superuser):
+    w = world(teams)
+    request = APIRequestFactory().get("/")
+    for run in ExecutionRun.objects.select_related("task_list"):
+        response = token_client(superuser).get(f"/api/v2/executions/{run.pk}/")
+        context = {"request": request, "steps": selectors.run_step_counts(run)}
+        assert response.content == JSONRenderer().render(RunDetailSerializer(run, context=context).data), w
