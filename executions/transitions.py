@@ -249,7 +249,7 @@ def transition(
     too, and record each change.
 
     `own_fields` names fields each wave task carries its own value of (already set on the
-    objects, e.g. `outputs`): they are written with one UPDATE per distinct value.
+    objects, e.g. `outputs`): see `update_grouped`.
     """
     expected = frozenset([expected] if isinstance(expected, str) else expected)
     for status in expected:
@@ -287,13 +287,23 @@ def transition(
 
 
 def update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> None:
-    """UPDATE objects that each carry their own values of `own_fields`: one plain UPDATE per
-    distinct set of values (a batch mostly shares them: exit code 0, the same outputs),
+    """UPDATE objects that each carry their own values of `own_fields`: on PostgreSQL one
+    UPDATE from arrays of the values (`_update_from_arrays`), elsewhere one plain UPDATE per
+    distinct set of values (a batch mostly shares them: exit code 0, the same outputs); both
     cheaper than bulk_update's CASE per row."""
     own_fields = list(own_fields)
     if not own_fields:
         model.objects.filter(pk__in=pks_in([obj.pk for obj in objs])).update(**common)
         return
+    if connection.vendor == "postgresql" and not any(
+        hasattr(v, "resolve_expression") for v in common.values()
+    ):
+        _update_from_arrays(model, objs, own_fields, common)
+    else:
+        _update_by_groups(model, objs, own_fields, common)
+
+
+def _update_by_groups(model, objs: list, own_fields: list[str], common: dict) -> None:
     groups: dict[str, tuple[dict, list[int]]] = {}
     for obj in objs:
         values = {name: getattr(obj, name) for name in own_fields}
@@ -301,6 +311,29 @@ def update_grouped(model, objs: list, own_fields: Iterable[str], **common) -> No
         groups.setdefault(key, (values, []))[1].append(obj.pk)
     for values, pks in groups.values():
         model.objects.filter(pk__in=pks_in(pks)).update(**common, **values)
+
+
+def _update_from_arrays(model, objs: list, own_fields: list[str], common: dict) -> None:
+    """One UPDATE ... FROM unnest(ids, values of each own field): however many distinct values
+    the rows carry (outputs, errors), one statement. Values are prepared as the ORM's UPDATE
+    prepares them, each array cast to its column's type."""
+    meta, qn = model._meta, connection.ops.quote_name
+    own = [meta.get_field(name) for name in own_fields]
+    shared = [(meta.get_field(name), value) for name, value in common.items()]
+    columns = ["id", *(f"c{i}" for i in range(len(own)))]
+    sets = [f"{qn(f.column)} = %s" for f, _ in shared] + [
+        f"{qn(f.column)} = v.c{i}" for i, f in enumerate(own)
+    ]
+    arrays = ", ".join(["%s::bigint[]", *(f"%s::{f.db_type(connection)}[]" for f in own)])
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(sets)} FROM unnest({arrays}) AS v({', '.join(columns)}) "
+        f"WHERE {qn(meta.db_table)}.{qn(meta.pk.column)} = v.id"
+    )
+    params = [f.get_db_prep_save(value, connection) for f, value in shared]
+    params.append(_bigint_array(obj.pk for obj in objs))
+    params += [[f.get_db_prep_save(getattr(obj, f.attname), connection) for obj in objs] for f in own]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _locked(pks: Iterable[int]) -> list[tuple[int, str]]:

@@ -2,13 +2,15 @@
 COPY text (PostgreSQL) are the rows its tuples make, and whichever way they are written
 (that text, the tuples field by field, or bulk_create) the tables hold the same rows."""
 
+import itertools
 import json
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import pytest
 from django.db import connection, transaction
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from executions import records, transitions
@@ -155,6 +157,55 @@ def test_the_tables_hold_the_same_rows_whichever_way_they_are_written(in_batch, 
         m.setattr(transitions, "_event_text", lambda *args: None)
 
     assert make("tuples", tuples_only) == reference
+
+
+# --- the UPDATE of rows that carry their own values -----------------------------------------------
+
+no_nul = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**9), 10**9) | st.text(no_nul, max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(no_nul, max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+own_values = st.tuples(
+    st.text(no_nul, max_size=30), st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), json_values
+)
+_titles = itertools.count()
+
+
+def _settle(values: list[tuple]) -> list[tuple]:
+    """Six running tasks, then succeeded each with its own error, exit code and outputs (and
+    some sharing them), in one transition; the rows as the database has them."""
+    keys = [f"k{i}" for i in range(len(values))]
+    run = run_with_waves(task_list(title=f"own-{next(_titles)}", keys=keys), [keys])
+    wts = list(WaveTask.objects.filter(execution=run).order_by("key"))
+    transitions.transition(wts, S.QUEUED, expected=S.PENDING, now=T0)
+    transitions.transition(wts, S.RUNNING, expected=S.QUEUED, now=T0)
+    for wt, (error, exit_code, outputs) in zip(wts, values, strict=True):
+        wt.error, wt.exit_code, wt.outputs = error, exit_code, outputs
+    own = ["error", "exit_code", "outputs"]
+    transitions.transition(wts, S.SUCCEEDED, expected=S.RUNNING, now=T0, own_fields=own, completed_at=T0)
+    return list(
+        WaveTask.objects.filter(execution=run)
+        .order_by("key")
+        .values_list("status", "error", "exit_code", "outputs", "completed_at")
+    )
+
+
+@pytest.mark.django_db
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(own_values, min_size=1, max_size=3).flatmap(
+        lambda vs: st.lists(st.sampled_from(vs), min_size=6, max_size=6)
+    )
+)
+def test_rows_with_their_own_values_are_updated_alike_from_arrays_and_by_groups(values):
+    expected = [(S.SUCCEEDED, error, exit_code, outputs, T0) for error, exit_code, outputs in values]
+    assert _settle(values) == expected  # from arrays on PostgreSQL
+    with mock.patch.object(transitions, "_update_from_arrays", transitions._update_by_groups):
+        assert _settle(values) == expected
 
 
 # --- the schema -----------------------------------------------------------------------------------
