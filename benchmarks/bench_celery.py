@@ -25,9 +25,11 @@ Not a test: it prints and exits 0 once it ran.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ import uuid
 from pathlib import Path
 
 from bench_executor import PYTHON, ROOT, BenchError, Database, Step, median, sandbox, table, write_workflow
+from bench_push import Client, percentile, start_daphnes, stop_daphnes, stop_watching
 
 
 def start_workers(env: dict, workdir: Path, count: int, pool: str, concurrency: int) -> list[subprocess.Popen]:
@@ -112,17 +115,26 @@ before = stats()
 for i in ids:
     services.statistics_recompute(execution_id=i)
 sessions = set(ExecutionRun.objects.filter(pk__in=ids).values_list("session_id", flat=True))
-points = []
+def highest(points):
+    peak = cur = 0
+    for _, d in sorted(points, key=lambda p: (p[0], p[1])):  # an end before a start at one instant
+        cur += d
+        peak = max(peak, cur)
+    return peak
+agents = []
 for a in BuildAgentInstance.objects.filter(execution_id__in=ids):
-    points += [(a.started_at, 1), (a.completed_at, -1)]
-peak = cur = 0
-for _, d in sorted(points, key=lambda p: (p[0], p[1])):
-    cur += d
-    peak = max(peak, cur)
+    agents += [(a.started_at, 1), (a.completed_at, -1)]
+running = []
+for at, prev, new in TaskStatusAudit.objects.filter(execution_id__in=ids).values_list(
+    "changed_at", "previous_status", "new_status"
+):
+    if (new == "running") != (prev == "running"):
+        running.append((at, 1 if new == "running" else -1))
 from executions.models import ConcurrentExecutionSession as C
-recorded = [s.peak_concurrent_agents for s in C.objects.filter(pk__in=sessions)]
+recorded = [(s.peak_concurrent_agents, s.peak_concurrent_tasks) for s in C.objects.filter(pk__in=sessions)]
 print(json.dumps({"audit_breaks": broken, "statistics_equal": before == stats() and bool(before),
-                  "sessions": len(sessions), "session_peak": recorded, "overlap_peak": peak}))
+                  "sessions": len(sessions), "session_peaks": recorded,
+                  "peaks_from_records": (highest(agents), highest(running))}))
 """
 
 
@@ -142,9 +154,92 @@ def soak_steps(tasks: int, sleep: float) -> list[Step]:
     return out
 
 
-def soak(db: Database, args, backend: str) -> None:
+LAYOUT = r"""
+import json, os, sys, uuid
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import django
+django.setup()
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from executions import services
+from waves.models import TaskList
+
+user = User.objects.create_superuser(f"soak-{uuid.uuid4().hex[:8]}", password=uuid.uuid4().hex)
+runs = [services.run_start(TaskList.objects.get(pk=i), backend=sys.argv[2]).pk for i in json.loads(sys.argv[1])]
+print(json.dumps({"token": Token.objects.create(user=user).key, "runs": runs}))
+"""
+
+EVENTS = r"""
+import json, os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import django
+django.setup()
+from executions.models import Event
+
+rows = Event.objects.filter(execution_id__in=json.loads(sys.argv[1])).order_by("id")
+out = {}
+for pk, run, at in rows.values_list("id", "execution_id", "created_at"):
+    out.setdefault(run, []).append((pk, at.timestamp()))
+print(json.dumps(out))
+"""
+
+
+def child(box, script: str, *args: str) -> dict:
+    proc = subprocess.run([PYTHON, "-c", script, *args], cwd=ROOT, env=box.env, capture_output=True, text=True)
+    if proc.returncode:
+        raise BenchError(f"a child script failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+async def watched(box, args, runs: list[int], token: str, ports: list[int]) -> dict:
+    """The runs executed by one executor process each while `args.clients` websocket clients,
+    spread over the runs and the daphne processes, watch them. Returns the executors' summaries,
+    the wall, and what the clients saw of every event the runs logged."""
+    crowd = []
+    for i in range(args.clients):
+        client = Client(f"ws://127.0.0.1:{ports[i % len(ports)]}/ws/executions/{runs[i % len(runs)]}/", token)
+        client.watches = runs[i % len(runs)]
+        crowd.append(client)
+    tasks = [asyncio.create_task(c.run()) for c in crowd]
+    await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in crowd)), 60)
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [PYTHON, str(ROOT / "manage.py"), "execute_run", str(run), "--json"],
+            cwd=ROOT, env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for run in runs
+    ]
+    outs = await asyncio.gather(*(asyncio.to_thread(p.communicate, timeout=1800) for p in procs))
+    outer = time.perf_counter() - start
+    results = []
+    for proc, (out, err) in zip(procs, outs, strict=True):
+        try:
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            raise BenchError(f"execute_run printed no JSON ({proc.returncode}):\n{err[-2000:]}") from None
+    logged = {int(k): v for k, v in (await asyncio.to_thread(child, box, EVENTS, json.dumps(runs))).items()}
+    expected = {id(c): [pk for pk, _ in logged.get(c.watches, []) if pk > c.after] for c in crowd}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(len(c.order) < len(expected[id(c)]) for c in crowd):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # anything more would be a duplicate
+    await stop_watching(crowd, tasks)
+    created = {pk: at for events in logged.values() for pk, at in events}
+    latencies = [(c.arrivals[pk] - created[pk]) * 1000 for c in crowd for pk in expected[id(c)] if pk in c.arrivals]
+    return {
+        "results": results,
+        "outer": outer,
+        "complete": sum(c.order == expected[id(c)] for c in crowd),
+        "events": sum(len(e) for e in logged.values()),
+        "latencies": latencies,
+    }
+
+
+def soak(db: Database, args, backend: str) -> dict:
     box = sandbox(db, f"soak-{backend}")
     box.env.update(CELERY_BROKER_URL=args.broker, CELERY_TASK_DEFAULT_QUEUE=f"soak-{uuid.uuid4().hex[:8]}")
+    box.env.update(REDIS_URL=args.redis_url, LOG_LEVEL="ERROR")  # the channel layer of the daphnes
     steps = soak_steps(args.tasks, args.sleep)
     ids = []
     for n in range(args.soak):
@@ -153,44 +248,33 @@ def soak(db: Database, args, backend: str) -> None:
         if proc.returncode:
             raise BenchError(f"import_tasklist failed:\n{proc.stderr[-2000:]}")
         ids.append(proc.stdout.splitlines()[0].strip())
-    workers = start_workers(box.env, box.workdir, args.workers, args.pool, args.concurrency) if backend == "celery" else []
+    laid = child(box, LAYOUT, json.dumps(ids), backend)
+    daphnes = start_daphnes(box.env, args.daphnes, box.workdir / "daphne.log")
+    workers = []
     try:
-        start = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                [PYTHON, str(ROOT / "manage.py"), "run_tasklist", i, "--backend", backend, "--json"],
-                cwd=ROOT, env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            for i in ids
-        ]
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=1800)
-            try:
-                results.append(json.loads(out.strip().splitlines()[-1]))
-            except (ValueError, IndexError):
-                raise BenchError(f"run_tasklist printed no JSON ({proc.returncode}):\n{err[-2000:]}") from None
-        outer = time.perf_counter() - start
+        if backend == "celery":
+            workers = start_workers(box.env, box.workdir, args.workers, args.pool, args.concurrency)
+        seen = asyncio.run(watched(box, args, laid["runs"], laid["token"], [port for _, port in daphnes]))
     finally:
         stop(workers)
-    runs = [r["run_id"] for r in results]
-    check = subprocess.run(
-        [PYTHON, "-c", CHECK, json.dumps(runs)], cwd=ROOT, env=box.env, capture_output=True, text=True
-    )
-    if check.returncode:
-        raise BenchError(f"the checks failed to run:\n{check.stderr[-2000:]}")
-    found = json.loads(check.stdout.strip().splitlines()[-1])
+        stop_daphnes(daphnes)
+    found = child(box, CHECK, json.dumps(laid["runs"]))
     shutil.rmtree(box.workdir, ignore_errors=True)
     total = len(steps) * args.soak
-    ok = sum(r["status"] == "succeeded" for r in results)
-    print(
-        f"{backend}: {args.soak} lists x {len(steps)} tasks by {args.soak} executors, {ok} succeeded; "
-        f"{total / outer:.0f} tasks/s over {outer:.1f}s (executor processes' start included); "
-        f"audit breaks {found['audit_breaks']}, statistics equal to recompute: {found['statistics_equal']}, "
-        f"sessions {found['sessions']} (peak agents recorded {found['session_peak']}, "
-        f"from the agents' lifetimes {found['overlap_peak']})",
-        flush=True,
-    )
+    lat = seen["latencies"] or [0.0]
+    figures = {
+        "succeeded": f"{sum(r['status'] == 'succeeded' for r in seen['results'])}/{args.soak}",
+        "tasks_per_s": total / seen["outer"],
+        "outer_s": seen["outer"],
+        "events": seen["events"],
+        "clients_complete": f"{seen['complete']}/{args.clients}",
+        "push_p50_ms": statistics.median(lat),
+        "push_p95_ms": percentile(lat, 95),
+        "push_max_ms": max(lat),
+        **found,
+    }
+    print(f"{backend}: {json.dumps(figures)}", flush=True)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,13 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-parallelism", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--soak", type=int, default=0, metavar="N", help="N task lists at once (see above)")
+    parser.add_argument("--clients", type=int, default=50, help="(soak) websocket clients watching the runs")
+    parser.add_argument("--daphnes", type=int, default=2, help="(soak) daphne processes the clients spread over")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13", help="(soak) the channel layer")
     args = parser.parse_args(argv)
     db = Database(args.database_url)
     if db.vendor != "postgresql":
         parser.error("the celery backend needs PostgreSQL: workers share the database")
     if args.soak:
-        soak(db, args, "local")
-        soak(db, args, "celery")
+        local, remote = soak(db, args, "local"), soak(db, args, "celery")
+        rows = [[key, str(local[key]) if not isinstance(local[key], float) else f"{local[key]:.1f}",
+                 str(remote[key]) if not isinstance(remote[key], float) else f"{remote[key]:.1f}"]
+                for key in local]  # fmt: skip
+        what = (
+            f"{args.soak} task lists x {len(soak_steps(args.tasks, args.sleep))} tasks, one executor each, "
+            f"{args.clients} websocket clients on {args.daphnes} daphnes, PostgreSQL + Redis"
+        )
+        print(table(f"Soak: {what}", ["", "local runner", f"celery ({args.workers} x {args.pool})"], rows))
         return 0
     steps = [Step(f"t{i}", args.sleep) for i in range(args.tasks)]
     local, remote = [], []

@@ -127,6 +127,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_daphnes(env: dict, count: int, log_path: Path) -> list[tuple[subprocess.Popen, int]]:
+    """`count` daphne processes on free ports of 127.0.0.1, each listening when this returns."""
+    daphnes = []
+    with log_path.open("ab") as log:
+        for _ in range(count):
+            port = free_port()
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            daphnes.append((proc, port))
+    for proc, port in daphnes:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                stop_daphnes(daphnes)
+                raise SystemExit(f"daphne exited: {log_path.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    stop_daphnes(daphnes)
+                    raise SystemExit("daphne did not listen within 30 s")
+                time.sleep(0.1)
+    return daphnes
+
+
+def stop_daphnes(daphnes: list[tuple[subprocess.Popen, int]]) -> None:
+    for proc, _ in daphnes:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc, _ in daphnes:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Setup:
     def __init__(self, name: str, database_url: str | None, redis_url: str | None, daphnes: int, tmp: Path):
         self.name, self.tmp = name, tmp
@@ -162,37 +202,10 @@ class Setup:
         return proc.stdout.strip().splitlines()[-1]
 
     def start_daphnes(self) -> None:
-        log = (self.tmp / "daphne.log").open("ab")
-        for _ in range(self.daphne_count):
-            port = free_port()
-            proc = subprocess.Popen(
-                [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            self.daphnes.append((proc, port))
-        for proc, port in self.daphnes:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"daphne exited: {(self.tmp / 'daphne.log').read_text()[-2000:]}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("daphne did not listen within 30 s")
-                    time.sleep(0.1)
+        self.daphnes = start_daphnes(self.env, self.daphne_count, self.tmp / "daphne.log")
 
     def stop_daphnes(self) -> None:
-        for proc, _ in self.daphnes:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc, _ in self.daphnes:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_daphnes(self.daphnes)
         self.daphnes = []
 
     def cpu_seconds(self) -> float:
