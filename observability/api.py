@@ -382,8 +382,10 @@ def ingest_check(run: ExecutionRun, body) -> tuple[list[tuple], dict[str, int]]:
         raise ValidationError({"events": ["the list is empty: send at least one event"]})
     if len(body) > limit:
         raise ValidationError({"events": [f"{len(body)} events, more than the limit of {limit} per request"]})
-    named = {field: {e[field] for e in body if isinstance(e, dict) and isinstance(e.get(field), str)}
-             for field in LINK_FIELDS}  # fmt: skip
+    # A NUL character is in no key or instance id (PostgreSQL refuses it in a query): such an
+    # event names no step or agent, and is refused as one that names an unknown one.
+    named = {field: {e[field] for e in body if isinstance(e, dict) and isinstance(e.get(field), str)
+                     and "\x00" not in e[field]} for field in LINK_FIELDS}  # fmt: skip
     wave_tasks = selectors.run_wave_tasks(run, named["task"])
     agents = selectors.run_agents(run, named["agent"])
 

@@ -481,3 +481,13 @@ def test_ingest_queries_do_not_grow_with_events(run, member, monkeypatch):
 
     queries(1)  # the first write of a wave creates its statistics row
     assert queries(2) == queries(20)
+
+
+def test_ingest_refuses_a_step_or_agent_with_a_nul_character_as_unknown(run, member):
+    """No key or instance id holds one (and PostgreSQL refuses it in a query): 400, not 500."""
+    client = token_client(member)
+    for field, name in (("task", "a\x00"), ("agent", "x\x00y")):
+        response = ingest(client, run.pk, [{field: name, **tool("grep")}])
+        assert response.status_code == 400, response.content
+        assert f"field '{field}'" in response.json()["events"][0]
+    assert row_counts(run) == (0, 0, 0, 0)
