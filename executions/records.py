@@ -41,12 +41,18 @@ class Block:
     """Rows of one change set, all at the time `at`: `rows()` gives them as tuples in the order
     of the table's columns, `text()` the same rows as COPY's text format (or None when it
     cannot render them: they are then written from `rows()`). Rendering the rows of a change
-    set at once costs a fraction of formatting each value of each row."""
+    set at once costs a fraction of formatting each value of each row. `copy_text()` renders
+    the text once."""
 
-    __slots__ = ("at", "rows", "text")
+    __slots__ = ("at", "rows", "text", "_text")
 
     def __init__(self, at: datetime, rows: Callable[[], list[tuple]], text: Callable[[], str | None]):
         self.at, self.rows, self.text = at, rows, text
+
+    def copy_text(self) -> str | None:
+        if not hasattr(self, "_text"):
+            self._text = self.text()
+        return self._text
 
 
 def copy_text(value: str | None) -> str:
@@ -79,9 +85,10 @@ def copy_field(value, as_json: bool = False) -> str:
     return copy_text(str(value))
 
 
-def _insert(model, columns: tuple[str, ...], rows: list) -> None:
-    """Append rows (tuples in the order of `columns`, or `Block`s of them) to the model's table."""
-    (_copy if connection.vendor == "postgresql" else _bulk_create)(model, columns, rows)
+def _insert(model, columns: tuple[str, ...], rows: list, meanwhile: Callable[[], None] | None = None) -> None:
+    """Append rows (tuples in the order of `columns`, or `Block`s of them) to the model's table.
+    `meanwhile` is called once, while the database takes the rows (COPY) or after it took them."""
+    (_copy if connection.vendor == "postgresql" else _bulk_create)(model, columns, rows, meanwhile)
 
 
 def _tuples(rows: list) -> Iterator[tuple]:
@@ -92,24 +99,32 @@ def _tuples(rows: list) -> Iterator[tuple]:
             yield row
 
 
-def _bulk_create(model, columns: tuple[str, ...], rows: list) -> None:
+def _bulk_create(
+    model, columns: tuple[str, ...], rows: list, meanwhile: Callable[[], None] | None = None
+) -> None:
     model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in _tuples(rows)])
+    if meanwhile is not None:
+        meanwhile()
 
 
-def _copy(model, columns: tuple[str, ...], rows: list) -> None:
+def _copy(model, columns: tuple[str, ...], rows: list, meanwhile: Callable[[], None] | None = None) -> None:
     """PostgreSQL's COPY: a fraction of a many-row INSERT's cost to build and parse. Every row
-    goes as text, a block's as it renders it, a tuple's field by field."""
+    goes as text, a block's as it renders it, a tuple's field by field. The server takes the
+    rows as they arrive: `meanwhile`, called before the end of the COPY waits for it, runs on
+    the client at the same time."""
     as_json = [isinstance(model._meta.get_field(name), JSONField) for name in columns]
     sql = f"COPY {connection.ops.quote_name(model._meta.db_table)} ({', '.join(columns)}) FROM STDIN"
     with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
         for item in rows:
             if isinstance(item, Block):
-                text = item.text()
+                text = item.copy_text()
                 if text is None:
                     text = _copy_lines(item.rows(), as_json)
             else:
                 text = _copy_lines((item,), as_json)
             copy.write(text)
+        if meanwhile is not None:
+            meanwhile()
 
 
 def _copy_lines(rows: Iterable[tuple], as_json: list[bool]) -> str:
@@ -188,10 +203,10 @@ def batch_latest() -> datetime | None:
     return max(map(_time_of(EVENT_TIME), pending.events), default=None)
 
 
-def audits_write(rows: Iterable[tuple] | Block) -> None:
+def audits_write(rows: Iterable[tuple] | Block, meanwhile: Callable[[], None] | None = None) -> None:
     """Append rows, tuples in the order of `AUDIT_COLUMNS` (or a `Block` of them), to the task
-    status audit."""
-    _append(TaskStatusAudit, AUDIT_COLUMNS, "audits", rows)
+    status audit. `meanwhile` is called once: while the database takes the rows, or after."""
+    _append(TaskStatusAudit, AUDIT_COLUMNS, "audits", rows, meanwhile)
 
 
 def events_write(rows: Iterable[tuple[int | None, str, dict]], now: datetime) -> None:
@@ -206,23 +221,32 @@ def events_add(events: list[Event]) -> None:
     )
 
 
-def events_block(block: Block) -> None:
-    """Append a `Block` of rows in the order of `EVENT_COLUMNS` to the event log."""
-    _append(Event, EVENT_COLUMNS, "events", block)
+def events_block(block: Block, meanwhile: Callable[[], None] | None = None) -> None:
+    """Append a `Block` of rows in the order of `EVENT_COLUMNS` to the event log. `meanwhile`
+    is called once: while the database takes the rows, or after."""
+    _append(Event, EVENT_COLUMNS, "events", block, meanwhile)
 
 
-def _append(model, columns: tuple[str, ...], kind: str, rows: Iterable[tuple] | Block) -> None:
+def _append(
+    model,
+    columns: tuple[str, ...],
+    kind: str,
+    rows: Iterable[tuple] | Block,
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
     """Write the rows now, or gather them into the current batch."""
     pending = _pending()
     if isinstance(rows, Block):
-        if pending is not None:
-            getattr(pending, kind).append(rows)
-        else:
-            _insert(model, columns, [rows])
-    elif pending is not None:
+        rows = [rows]
+    elif pending is None:
+        rows = list(rows)
+    if pending is not None:
         getattr(pending, kind).extend(rows)
-    elif rows := list(rows):
-        _insert(model, columns, rows)
+    elif rows:
+        _insert(model, columns, rows, meanwhile)
+        return
+    if meanwhile is not None:
+        meanwhile()
 
 
 # --- the running counters of sessions ------------------------------------------------------------

@@ -8,8 +8,11 @@ the same transaction. A row found in another status is not touched: it is report
 the first status of new rows the same way.
 
 Bulk moves stay cheap per row: the rows are locked and updated with one statement each
-(on PostgreSQL the ids go as one array parameter), and the audit and event rows are
-written by `records` (with COPY on PostgreSQL).
+(on PostgreSQL the ids go as the text of one array parameter, and rows with values of their
+own as arrays too), the change set's audit and event rows are rendered once, as COPY text on
+PostgreSQL (`_audit_text`, `_event_text`: the same rows as their tuples), and written by
+`records`. wave_tasks leaves room in its pages for the new version of a row (migration 0006):
+no index holds the status, so a status change does not touch the indexes.
 """
 
 from __future__ import annotations
@@ -126,39 +129,42 @@ def _record(changes: list[tuple[WaveTask, str | None]], actor, reason, now) -> N
         return
     reason = (reason or None) and reason[:500]
     rows = _snapshot(changes)
-    audits_write(
-        Block(
-            now,
-            # In the order of records.AUDIT_COLUMNS.
-            lambda: [
-                (pk, task_id, execution_id, attempt, previous, status, now, actor, reason)
-                for pk, task_id, execution_id, _, _, attempt, previous, status in rows
-            ],
-            lambda: _audit_text(rows, actor, reason, now),
-        )
+    audits = Block(
+        now,
+        # In the order of records.AUDIT_COLUMNS.
+        lambda: [
+            (pk, task_id, execution_id, attempt, previous, status, now, actor, reason)
+            for pk, task_id, execution_id, _, _, attempt, previous, status in rows
+        ],
+        lambda: _audit_text(rows, actor, reason, now),
     )
-    events_block(
-        Block(
-            now,
-            # In the order of records.EVENT_COLUMNS.
-            lambda: [(row[2], "task.update", _task_payload(row, actor, reason, now), now) for row in rows],
-            lambda: _event_text(rows, actor, reason, now),
-        )
+    events = Block(
+        now,
+        # In the order of records.EVENT_COLUMNS.
+        lambda: [(row[2], "task.update", _task_payload(row, actor, reason, now), now) for row in rows],
+        lambda: _event_text(rows, actor, reason, now),
     )
+    signalled: list[StatusChange] = []
     running_delta: dict[int, int] = defaultdict(int)
-    for _, _, execution_id, _, _, _, previous, status in rows:
-        if delta := (status == S.RUNNING) - (previous == S.RUNNING):
-            running_delta[execution_id] += delta
+
+    def then() -> None:
+        signalled.extend(
+            StatusChange(pk, task_id, execution_id, wave_id, previous, status)
+            for pk, task_id, execution_id, wave_id, _, _, previous, status in rows
+        )
+        for change in signalled:
+            if delta := (change.new_status == S.RUNNING) - (change.previous_status == S.RUNNING):
+                running_delta[change.execution_id] += delta
+
+    # On PostgreSQL the server takes the rows of a COPY while the client goes on: the event
+    # rows are rendered while it takes the audit rows, the signal's changes made while it takes
+    # the event rows.
+    audits_write(audits, meanwhile=events.copy_text if connection.vendor == "postgresql" else None)
+    events_block(events, meanwhile=then)
     for execution_id, delta in running_delta.items():
         if delta:
             session_move(execution_id, now, tasks=delta)
-    task_status_changed.send(
-        sender=WaveTask,
-        changes=[
-            StatusChange(pk, task_id, execution_id, wave_id, previous, status)
-            for pk, task_id, execution_id, wave_id, _, _, previous, status in rows
-        ],
-    )
+    task_status_changed.send(sender=WaveTask, changes=signalled)
 
 
 # --- the same rows as COPY text -----------------------------------------------------------------
