@@ -1020,14 +1020,16 @@ def _cell(entry: dict | None, measure: str) -> str:
 
 
 def verdict(entry: dict) -> str:
-    """PASS when both measures of server time (HTTP, and in-process with a new connection)
-    have a p95 under the target; a wrong status is named instead."""
+    """PASS when both measures of server time have a p95 under the target: through HTTP, and
+    in-process with the connection kept (daphne takes its connections from a pool, so a new
+    connection per request, shown beside them, is not what the server pays); a wrong status
+    is named instead."""
     statuses = set()
     for measure in ("http", "inprocess_new_connection", "inprocess_kept_connection"):
         statuses |= set((entry.get(measure) or {}).get("statuses") or [])
     if statuses != {entry.get("expect", 200)}:
         return f"HTTP {sorted(statuses)}"
-    judged = [_pair(entry, m)[1] for m in ("http_server", "inprocess_new_connection")]
+    judged = [_pair(entry, m)[1] for m in ("http_server", "inprocess_kept_connection")]
     judged = [v for v in judged if v == v]
     return ("PASS" if max(judged) < TARGET_MS else "MISS") if judged else "n/a"
 
