@@ -105,17 +105,22 @@ class _Carry:
             return row, self.reason
         reason = self.reason
         status, outputs = old.status, old.outputs
-        if status in (S.LOST, S.RUNNING) and old.attempt and not old.task.repeat:
+        attempt = old.attempt
+        if status in (S.LOST, S.RUNNING, S.QUEUED) and not old.task.repeat:
             # Its executor died with it: did the attempt finish first? It left its exit status.
-            result = runners.attempt_result(self.resume_of.backend, old.execution_id, old.key, old.attempt)
-            if result is not None and result.exit_code == 0 and not result.output_error:
-                status, outputs = S.SUCCEEDED, result.outputs
-                reason = (
-                    f"attempt {old.attempt} of run {old.execution_id} finished (exit 0) while its "
-                    "executor was stopping: not run again"
-                )
+            # A queued step's attempt may have started (on a worker) and ended before its
+            # executor recorded it: that one is the next after the attempt on record.
+            for tried in (old.attempt + 1, old.attempt):
+                result = tried and runners.attempt_result(self.resume_of.backend, old.execution_id, old.key, tried)
+                if result and result.exit_code == 0 and not result.output_error:
+                    status, outputs, attempt = S.SUCCEEDED, result.outputs, tried
+                    reason = (
+                        f"attempt {tried} of run {old.execution_id} finished (exit 0) while its "
+                        "executor was stopping: not run again"
+                    )
+                    break
         if status == S.SUCCEEDED:
-            row.status, row.outputs, row.exit_code, row.attempt = S.SUCCEEDED, outputs, 0, old.attempt
+            row.status, row.outputs, row.exit_code, row.attempt = S.SUCCEEDED, outputs, 0, attempt
             row.started_at, row.completed_at = old.started_at, old.completed_at or old.started_at
         if old.approval_decision == "approved":
             row.approval_decision, row.approved_at = "approved", old.approved_at

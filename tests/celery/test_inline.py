@@ -5,7 +5,14 @@ import pytest
 
 from executions import services, tasks
 from executions.engine import Engine
-from executions.models import BuildAgentInstance, RemoteAttempt, TaskStatusAudit, WaveTask
+from executions.models import (
+    BuildAgentInstance,
+    ExecutionRun,
+    RemoteAttempt,
+    RunStatus,
+    TaskStatusAudit,
+    WaveTask,
+)
 from executions.runners import attempt_result
 from executions.runners.base import LaunchSpec
 from executions.runners.celery import CeleryRunner
@@ -65,3 +72,21 @@ def test_each_message_delivered_twice_runs_and_counts_once(tmp_path):
     assert BuildAgentInstance.objects.filter(execution_id=summary.run_id).count() == 4
     assert TranscriptEntry.objects.filter(execution_id=summary.run_id, entry_type="stdout").count() == 4
     assert RemoteAttempt.objects.filter(execution_id=summary.run_id, state="finished").count() == 4
+
+
+@pytest.mark.parametrize("on_record", [1, 0])  # sent from pending (attempt 1 written), or after waiting for a slot
+def test_an_attempt_a_worker_finished_before_its_executor_recorded_it_is_not_run_again(tmp_path, on_record):
+    importing(tmp_path, "unread", [{"id": "once", "run": "true"}])
+    old = services.run_start(task_list_get("unread"), backend="celery")
+    ExecutionRun.objects.filter(pk=old.pk).update(status=RunStatus.RUNNING)
+    WaveTask.objects.filter(execution=old, key="once").update(status="queued", attempt=on_record)
+    # The worker ran attempt 1 to its end; the executor died before it read the start or the end.
+    row = RemoteAttempt.objects.create(execution=old, key="once", attempt=1, queue="q", task_id="t")
+    spec = LaunchSpec(run_id=old.pk, key="once", attempt=1, command="echo '{\"n\": 1}' > $TIDEWATCH_OUTPUT")
+    assert tasks.execute_attempt(row.pk, spec).endswith("exit 0")
+    ExecutionRun.objects.filter(pk=old.pk).update(status=RunStatus.FAILED)
+    new = services.run_resume(ExecutionRun.objects.get(pk=old.pk))
+    carried = WaveTask.objects.get(execution=new, key="once")
+    assert (carried.status, carried.attempt, carried.outputs) == ("succeeded", 1, {"n": 1})
+    reason = TaskStatusAudit.objects.filter(wave_task=carried).order_by("id").last().reason
+    assert reason == f"attempt 1 of run {old.pk} finished (exit 0) while its executor was stopping: not run again"
