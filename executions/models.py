@@ -250,10 +250,14 @@ class TaskStatusAudit(models.Model):
     in id order reproduces its history."""
 
     # wave_task and task are looked up through idx_audit_wave_task and idx_task_status_audit_task,
-    # which start with them: no index of their own (each costs every audit write). task and
-    # execution are copies of the wave task's, whose own foreign keys check them: no database
-    # constraint here either (a check per row at every commit). on_delete still applies.
-    wave_task = models.ForeignKey(WaveTask, on_delete=models.CASCADE, related_name="audit", db_index=False)
+    # which start with them: no index of their own (each costs every audit write). No database
+    # constraint on any of the three (a check and a row lock per row at every commit): a row is
+    # written only by transitions, in the transaction that locked and updated its wave task,
+    # whose own foreign keys check task and execution; runs are never deleted but through the
+    # ORM (the admin cannot; a task list with runs is protected), whose on_delete still applies.
+    wave_task = models.ForeignKey(
+        WaveTask, on_delete=models.CASCADE, related_name="audit", db_index=False, db_constraint=False
+    )
     task = models.ForeignKey(
         Task, on_delete=models.PROTECT, related_name="audit", db_index=False, db_constraint=False
     )
@@ -288,10 +292,14 @@ class Event(models.Model):
     """The event log: one row per live event, written in the transaction of the change it
     reports. Its id is the cursor websocket clients resume from."""
 
-    # Looked up through idx_event_execution, which starts with it: no index of its own.
+    # Looked up through idx_event_execution, which starts with it: no index of its own. No
+    # database constraint (a check and a row lock per row at every commit): events are written
+    # for a run its writer holds (an executor, a service, the ingest API after finding the run),
+    # and runs are deleted only through the ORM, whose on_delete still applies.
     execution = models.ForeignKey(
-        ExecutionRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events", db_index=False
-    )
+        ExecutionRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events", db_index=False,
+        db_constraint=False,
+    )  # fmt: skip
     type = models.CharField(max_length=40)
     payload = models.JSONField(default=dict)
     created_at = models.DateTimeField()
