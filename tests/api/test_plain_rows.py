@@ -21,6 +21,7 @@ from executions.models import (
     ConcurrentExecutionSession,
     Event,
     ExecutionRun,
+    ParallelExecutionWave,
     RunStatus,
     TaskStatus,
     TaskStatusAudit,
@@ -180,8 +181,11 @@ def test_the_rows_hold_nulls_and_odd_values(teams, superuser):
     assert any(a["last_heartbeat"] is None and a["pid"] is None for a in agents)
 
 
-def test_a_session_summary_counts_as_one_query_per_figure_did(teams, member, superuser):
-    """The summary reads runs per status and the task lists in one grouped query."""
+@pytest.mark.parametrize("ids_max", [selectors.SUMMARY_IDS_MAX, 1])  # by ids; grouped in SQL
+def test_a_session_summary_counts_as_one_query_per_figure_did(teams, member, superuser, monkeypatch, ids_max):
+    """The summary reads the session's runs once, the task lists, the runs per status and the
+    totals of waves, steps and agents over the runs the user may see."""
+    monkeypatch.setattr(selectors, "SUMMARY_IDS_MAX", ids_max)
     w = world(teams)
     other = task_list("second", keys=("x",), team=teams[0])
     for user in (member, superuser):
@@ -199,6 +203,10 @@ def test_a_session_summary_counts_as_one_query_per_figure_did(teams, member, sup
             assert body["task_lists"] == [{"id": pk, "title": title} for pk, title in dict.fromkeys(lists)]
             assert body["executions"] == {**dict.fromkeys(RunStatus.values, 0), **by_status}
             assert body["execution_count"] == mine.count() > 0, w
+            assert body["total_waves"] == ParallelExecutionWave.objects.filter(execution__in=mine).count()
+            parents = WaveTask.objects.filter(parent__isnull=False).values("parent_id")  # fan-outs: their instances count
+            assert body["total_tasks"] == WaveTask.objects.filter(execution__in=mine).exclude(pk__in=parents).count()
+            assert body["total_agents"] == BuildAgentInstance.objects.filter(execution__in=mine).count()
 
 
 def test_a_run_detail_answers_what_its_serializer_answered(teams, superuser):
