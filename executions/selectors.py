@@ -16,7 +16,9 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
+from django.db import connection, models
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, RowNumber
 
 from executions.errors import NotFound
@@ -458,24 +460,38 @@ def visible_active_agents(user, run: ExecutionRun | None = None) -> QuerySet[Bui
 def _running_agents() -> QuerySet[BuildAgentInstance]:
     """What an agent's row shows of its step, task, wave and run comes by a subquery on the
     related row's primary key, not a join: PostgreSQL planned the query of six joined tables
-    for longer than it ran it, and a page's COUNT(*) kept the joins (the subqueries it drops)."""
+    for longer than it ran it, and a page's COUNT(*) kept the joins (the subqueries it drops).
+    The subqueries are written as SQL: the ORM took longer to compile six of them than the
+    database took to run the query."""
     return (
         BuildAgentInstance.objects.filter(status=AgentStatus.RUNNING)
         .annotate(
-            task_key=_column(WaveTask, "wave_task_id", "key"),
-            display_id=_column(Task, "task_id", "display_id"),
-            task_title=_column(Task, "task_id", "title"),
-            wave_number=_column(ParallelExecutionWave, "wave_id", "wave_number"),
-            task_list_id=_column(ExecutionRun, "execution_id", "task_list_id"),
-            task_list_title=_column(ExecutionRun, "execution_id", "task_list__title"),
+            task_key=_column(WaveTask, "wave_task_id", "key", models.CharField()),
+            display_id=_column(Task, "task_id", "display_id", models.CharField()),
+            task_title=_column(Task, "task_id", "title", models.CharField()),
+            wave_number=_column(ParallelExecutionWave, "wave_id", "wave_number", models.IntegerField()),
+            task_list_id=_column(ExecutionRun, "execution_id", "task_list_id", models.IntegerField()),
+            task_list_title=_column(ExecutionRun, "execution_id", "title", models.CharField(), via=TaskList),
         )  # fmt: skip
         .order_by("started_at", "id")
     )
 
 
-def _column(model, key: str, column: str) -> Subquery:
-    """`column` of the `model` row whose primary key is the outer row's `key`."""
-    return Subquery(model.objects.filter(pk=OuterRef(key)).values(column)[:1])
+def _column(model, key: str, column: str, output_field, via=None) -> RawSQL:
+    """`column` of the `model` row whose primary key is the agent's `key` (or, with `via`, of
+    the `via` row that this row's foreign key names)."""
+    qn = connection.ops.quote_name
+    agents, table = qn(BuildAgentInstance._meta.db_table), qn(model._meta.db_table)
+    where = f"{table}.id = {agents}.{qn(key)}"
+    if via is None:
+        return RawSQL(f"SELECT {table}.{qn(column)} FROM {table} WHERE {where}", (), output_field=output_field)
+    other = qn(via._meta.db_table)
+    fk = qn(next(f.column for f in model._meta.concrete_fields if f.related_model is via))
+    return RawSQL(
+        f"SELECT {other}.{qn(column)} FROM {table} JOIN {other} ON {other}.id = {table}.{fk} WHERE {where}",
+        (),
+        output_field=output_field,
+    )
 
 
 def run_audit(run: ExecutionRun) -> QuerySet[TaskStatusAudit]:
