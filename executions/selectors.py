@@ -471,27 +471,24 @@ def _running_agents() -> QuerySet[BuildAgentInstance]:
             task_title=_column(Task, "task_id", "title", models.CharField()),
             wave_number=_column(ParallelExecutionWave, "wave_id", "wave_number", models.IntegerField()),
             task_list_id=_column(ExecutionRun, "execution_id", "task_list_id", models.IntegerField()),
-            task_list_title=_column(ExecutionRun, "execution_id", "title", models.CharField(), via=TaskList),
+            task_list_title=_column(ExecutionRun, "execution_id", "title", models.CharField(), via="task_list"),
         )  # fmt: skip
         .order_by("started_at", "id")
     )
 
 
-def _column(model, key: str, column: str, output_field, via=None) -> RawSQL:
+def _column(model, key: str, column: str, output_field, via: str | None = None) -> RawSQL:
     """`column` of the `model` row whose primary key is the agent's `key` (or, with `via`, of
-    the `via` row that this row's foreign key names)."""
+    the row that this row's foreign key `via` names)."""
     qn = connection.ops.quote_name
     agents, table = qn(BuildAgentInstance._meta.db_table), qn(model._meta.db_table)
-    where = f"{table}.id = {agents}.{qn(key)}"
-    if via is None:
-        return RawSQL(f"SELECT {table}.{qn(column)} FROM {table} WHERE {where}", (), output_field=output_field)
-    other = qn(via._meta.db_table)
-    fk = qn(next(f.column for f in model._meta.concrete_fields if f.related_model is via))
-    return RawSQL(
-        f"SELECT {other}.{qn(column)} FROM {table} JOIN {other} ON {other}.id = {table}.{fk} WHERE {where}",
-        (),
-        output_field=output_field,
-    )
+    source, join = table, ""
+    if via is not None:
+        fk = model._meta.get_field(via)
+        source = qn(fk.related_model._meta.db_table)
+        join = f" JOIN {source} ON {source}.id = {table}.{qn(fk.column)}"
+    sql = f"SELECT {source}.{qn(column)} FROM {table}{join} WHERE {table}.id = {agents}.{qn(key)}"
+    return RawSQL(sql, (), output_field=output_field)
 
 
 def run_audit(run: ExecutionRun) -> QuerySet[TaskStatusAudit]:

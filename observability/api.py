@@ -27,9 +27,10 @@ from rest_framework.response import Response
 
 from config.api import BooleanFilter, Needs, cursor, get_or_404, id_from
 from executions import api as executions_api
-from executions.api.common import PlainList, iso
+from executions.api.common import PlainList
 from executions.capture import Captured
 from executions.models import ExecutionRun
+from executions.records import iso
 from executions.signals import output_captured
 from observability import selectors
 from observability.events import (

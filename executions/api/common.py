@@ -36,15 +36,6 @@ def _seconds(start, end) -> float | None:
 # --- plain rows --------------------------------------------------------------------------------
 
 
-def iso(value) -> str | None:
-    """A time as a serializer's DateTimeField shows it: ISO 8601, `Z` for UTC (the database
-    gives UTC times, and TIME_ZONE is UTC, so no conversion is needed)."""
-    if value is None:
-        return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
 class PlainList:
     """A list view (before generics.ListAPIView in the bases) whose page is read as
     `.values(*columns)` and turned into the response's dicts by `rows()`, each a small

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from config.api import Needs, cursor, get_or_404, id_from, path_id, whole_number
 from executions import selectors
-from executions.api.common import ERRORS, RUN_ID, PlainList, choice, iso, status_field
+from executions.api.common import ERRORS, RUN_ID, PlainList, choice, status_field
 from executions.api.runs import RunCountsSerializer, _RunRecords
 from executions.models import (
     AgentStatus,
@@ -22,6 +22,7 @@ from executions.models import (
     TaskStatus,
     TaskStatusAudit,
 )
+from executions.records import iso
 
 # --- active agents -----------------------------------------------------------------------------
 

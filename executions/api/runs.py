@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from config.api import Needs, get_or_404, id_from, path_id, whole_number
 from executions import selectors
-from executions.api.common import ERRORS, RUN_ID, PlainList, _seconds, choice, iso, status_field
+from executions.api.common import ERRORS, RUN_ID, PlainList, _seconds, choice, status_field
 from executions.models import (
     ExecutionRun,
     ParallelExecutionWave,
@@ -20,6 +20,7 @@ from executions.models import (
     WaveStatus,
     WaveTask,
 )
+from executions.records import iso
 
 # --- runs --------------------------------------------------------------------------------------
 
